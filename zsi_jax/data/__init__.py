@@ -1,0 +1,1 @@
+"""zsi_jax.data."""
