@@ -1,0 +1,108 @@
+"""BA-RPN, semantic box head and semantic mask head: shapes, initial v_b, all convs used."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
+from zsi_jax.modeling.box_head import SemanticBoxHead
+from zsi_jax.modeling.mask_head import SemanticMaskHead, mask_logits, mask_logits_per_roi
+
+D = 12
+BG = tuple(np.linspace(-0.1, 0.1, D).tolist())
+
+
+def _levels(b=2, c=8):
+  return [jnp.ones((b, s, s, c)) * 0.1 for s in (16, 8, 4)]
+
+
+@pytest.mark.parametrize('semantic', [True, False])
+def test_rpn_shapes_and_initial_background(semantic):
+  rpn = BackgroundAwareRPN(background_init=BG, num_anchors=3, channels=8, semantic=semantic)
+  feats = _levels()
+  params = rpn.init(jax.random.PRNGKey(0), feats)
+  logits, deltas, v_b = rpn.apply(params, feats)
+  for lg, dl, f in zip(logits, deltas, feats):
+    n = f.shape[1] * f.shape[2] * 3
+    assert lg.shape == (2, n, 2) and dl.shape == (2, n, 4)
+  # Background rows start as the text background vector, so v_b does too.
+  np.testing.assert_allclose(np.asarray(v_b), np.asarray(BG), rtol=1e-6, atol=1e-7)
+  if semantic:
+    w_bf = params['params']['W_bf']
+    assert w_bf.shape == (3, 2, D)
+    # W_bf is a bare [A, 2, D] matrix of word vectors: scores have no bias term.
+    assert set(params['params']) == {'conv', 'box_deltas', 'T', 'W_bf'}
+
+
+def test_rpn_scores_are_dot_products_with_w_bf():
+  rpn = BackgroundAwareRPN(background_init=BG, num_anchors=3, channels=8)
+  feats = [jax.random.normal(jax.random.PRNGKey(1), (1, 4, 4, 8))]
+  params = rpn.init(jax.random.PRNGKey(0), feats)
+  logits, _, _ = rpn.apply(params, feats)
+  h = rpn.apply(params, feats[0], method=lambda m, x: m.semantic_projection(nn_relu(m.conv(x))))
+  ref = np.einsum('bhwd,akd->bhwak', np.asarray(h), np.asarray(params['params']['W_bf']))
+  np.testing.assert_allclose(np.asarray(logits[0]), ref.reshape(1, -1, 2), rtol=1e-5, atol=1e-6)
+
+
+def nn_relu(x):
+  return jax.nn.relu(x)
+
+
+def test_v_b_gradient_comes_from_w_bf():
+  rpn = BackgroundAwareRPN(background_init=BG, num_anchors=3, channels=8)
+  feats = _levels(1)
+  params = rpn.init(jax.random.PRNGKey(0), feats)
+  g = jax.grad(lambda p: jnp.sum(rpn.apply(p, feats)[2]))(params)['params']['W_bf']
+  np.testing.assert_allclose(np.asarray(g[:, 0]), 1.0 / 3)
+  np.testing.assert_array_equal(np.asarray(g[:, 1]), 0.0)
+
+
+@pytest.mark.parametrize('decoder,reg,vocab', [(True, 0, 0), (False, 5, 0), (True, 5, 7)])
+def test_box_head_outputs(decoder, reg, vocab):
+  head = SemanticBoxHead(semantic_dim=D, fc_dim=32, use_decoder=decoder, num_reg_classes=reg,
+                         vocabulary_size=vocab)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 7, 7, 8))
+  voc = jax.random.normal(jax.random.PRNGKey(1), (vocab, D)) if vocab else None
+  params = head.init(jax.random.PRNGKey(0), x, voc)
+  out = head.apply(params, x, voc)
+  assert out['semantic'].shape == (2, 6, D)
+  assert out['features'].shape == (2, 6, 32)
+  assert out['deltas_agnostic'].shape == (2, 6, 4)
+  assert (out['reconstruction'] is None) == (not decoder)
+  if decoder:
+    assert out['reconstruction'].shape == (2, 6, 32)
+  assert (out['deltas_specific'] is None) == (reg == 0)
+  if reg:
+    assert out['deltas_specific'].shape == (2, 6, reg, 4)
+  if vocab:
+    with pytest.raises(ValueError, match='vocabulary'):
+      head.apply(params, x, None)
+
+
+def test_mask_head_uses_all_four_convs():
+  head = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 14, 14, 8))
+  params = head.init(jax.random.PRNGKey(0), x)
+  out = head.apply(params, x)
+  assert out['semantic'].shape == (3, 28, 28, D)
+  assert out['features'].shape == (3, 28, 28, 8)
+  assert out['reconstruction'].shape == (3, 28, 28, 8)
+  grads = jax.grad(lambda p: jnp.sum(head.apply(p, x)['semantic'] ** 2))(params)['params']
+  for i in range(1, 5):
+    assert float(jnp.abs(grads[f'conv{i}']['kernel']).sum()) > 0, f'conv{i} unused'
+
+
+def test_mask_head_reference_encoder_and_logits():
+  head = SemanticMaskHead(semantic_dim=D, channels=8, encoder='conv3x3', use_decoder=False)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 14, 8))
+  params = head.init(jax.random.PRNGKey(0), x)
+  out = head.apply(params, x)
+  assert out['reconstruction'] is None and 'E_1' in params['params']
+  w = jax.random.normal(jax.random.PRNGKey(2), (5, D))
+  full = mask_logits(out['semantic'], w)
+  assert full.shape == (2, 28, 28, 5)
+  per = mask_logits_per_roi(out['semantic'], w[jnp.array([3, 1])])
+  np.testing.assert_allclose(np.asarray(per), np.asarray(full[jnp.arange(2), ..., jnp.array([3, 1])]),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='encoder'):
+    SemanticMaskHead(semantic_dim=D, encoder='bogus').init(jax.random.PRNGKey(0), x)
