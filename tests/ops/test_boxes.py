@@ -1,0 +1,65 @@
+"""Box ops against torchvision."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torchvision
+from hypothesis import given, settings, strategies as st
+from torchvision.models.detection._utils import BoxCoder
+
+from zsi_jax.ops import boxes
+from tests.ops.helpers import random_boxes
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1))
+def test_iou_area_clip_match_torchvision(n, m, seed):
+  rng = np.random.default_rng(seed)
+  a = random_boxes(rng, n)
+  b = random_boxes(rng, m)
+  np.testing.assert_allclose(np.asarray(boxes.box_iou(jnp.asarray(a), jnp.asarray(b))),
+                             torchvision.ops.box_iou(torch.tensor(a), torch.tensor(b)).numpy(),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(boxes.box_area(jnp.asarray(a))),
+                             torchvision.ops.box_area(torch.tensor(a)).numpy(), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(boxes.clip_boxes(jnp.asarray(a), (60, 80))),
+                             torchvision.ops.clip_boxes_to_image(torch.tensor(a), (60, 80)).numpy())
+
+
+def test_iou_of_padding_is_zero_not_nan():
+  z = jnp.zeros((3, 4))
+  iou = boxes.box_iou(z, z)
+  assert np.all(np.asarray(iou) == 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_encode_decode_match_torchvision_boxcoder(n, seed):
+  rng = np.random.default_rng(seed)
+  rois = random_boxes(rng, n)
+  gts = random_boxes(rng, n)
+  coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), bbox_xform_clip=math.log(1000.0 / 16))
+  ref = coder.encode_single(torch.tensor(gts), torch.tensor(rois)).numpy()
+  ours = np.asarray(boxes.encode(jnp.asarray(rois), jnp.asarray(gts)))
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+  # Large deltas exercise the dw/dh clamp.
+  deltas = rng.normal(scale=20.0, size=(n, 4)).astype(np.float32)
+  ref_dec = coder.decode_single(torch.tensor(deltas), torch.tensor(rois)).numpy()
+  ours_dec = np.asarray(boxes.decode(jnp.asarray(rois), jnp.asarray(deltas)))
+  np.testing.assert_allclose(ours_dec, ref_dec, rtol=1e-4, atol=1e-3)
+  # Round trip.
+  back = boxes.decode(jnp.asarray(rois), jnp.asarray(ours))
+  np.testing.assert_allclose(np.asarray(back), gts, rtol=1e-4, atol=1e-3)
+
+
+def test_jit_and_vmap():
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(np.stack([random_boxes(rng, 5) for _ in range(3)]))
+  b = jnp.asarray(np.stack([random_boxes(rng, 7) for _ in range(3)]))
+  iou = jax.jit(jax.vmap(boxes.box_iou))(a, b)
+  assert iou.shape == (3, 5, 7)
+  np.testing.assert_allclose(np.asarray(iou[1]), np.asarray(boxes.box_iou(a[1], b[1])), rtol=1e-6)
+  d = jax.jit(jax.vmap(boxes.encode))(a, a)
+  np.testing.assert_allclose(np.asarray(d), 0.0, atol=1e-6)
