@@ -45,8 +45,8 @@ class RoiSamplingConfig:
 def _match_with_crowd(candidates, gt_boxes, gt_valid, gt_crowd, pos_thr, neg_thr,
                       allow_low_quality, low_quality_min, crowd_ioa_threshold):
   """match_boxes with crowd gts excluded and crowd-covered negatives ignored."""
-  gt_valid = gt_valid.astype(bool)
-  gt_crowd = gt_crowd.astype(bool)
+  gt_valid = jnp.asarray(gt_valid).astype(bool)
+  gt_crowd = jnp.asarray(gt_crowd).astype(bool)
   matchable = gt_valid & ~gt_crowd
   iou = box_ops.box_iou(candidates, gt_boxes)
   matched, labels = match_boxes(iou, matchable, pos_thr, neg_thr, allow_low_quality,
@@ -71,12 +71,14 @@ def rpn_targets(key, anchors, anchor_valid, gt_boxes, gt_valid, gt_crowd, cfg: R
          box_targets [N, 4] float32 encoded deltas (meaningful for positives);
          box_weights [N] float32, 1 for sampled positives).
   """
+  anchors = jnp.asarray(anchors, jnp.float32)
+  gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
   n = anchors.shape[0]
   matched, labels = _match_with_crowd(
       anchors, gt_boxes, gt_valid, gt_crowd, cfg.positive_threshold, cfg.negative_threshold,
       cfg.allow_low_quality, getattr(cfg, 'low_quality_min', 0.0),
       getattr(cfg, 'crowd_ioa_threshold', 0.5))
-  anchor_valid = anchor_valid.astype(bool)
+  anchor_valid = jnp.asarray(anchor_valid).astype(bool)
   idx, sampled = sample_balanced(key, labels, cfg.num_samples, cfg.positive_fraction,
                                  candidate_valid=anchor_valid)
   # Scatter the sample back onto all anchors; empty slots write to a dummy row.
@@ -105,11 +107,13 @@ def sample_rois(key, proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, 
          box_targets [S, 4] float32 (zero except for positives), valid [S] bool),
     S = cfg.num_samples.
   """
-  gt_valid = gt_valid.astype(bool)
-  gt_crowd = gt_crowd.astype(bool)
+  gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
+  gt_classes = jnp.asarray(gt_classes, jnp.int32)
+  gt_valid = jnp.asarray(gt_valid).astype(bool)
+  gt_crowd = jnp.asarray(gt_crowd).astype(bool)
   candidates = jnp.concatenate([proposals, gt_boxes], axis=0)
   # Crowd gts are not added as candidates (they are no positive examples).
-  cand_valid = jnp.concatenate([proposal_valid.astype(bool), gt_valid & ~gt_crowd])
+  cand_valid = jnp.concatenate([jnp.asarray(proposal_valid).astype(bool), gt_valid & ~gt_crowd])
   matched, labels = _match_with_crowd(
       candidates, gt_boxes, gt_valid, gt_crowd, cfg.positive_threshold, cfg.negative_threshold,
       False, 0.0, getattr(cfg, 'crowd_ioa_threshold', 0.5))
@@ -145,6 +149,9 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
   Returns:
     [S, output_size, output_size] float32 in {0, 1}.
   """
+  gt_masks = jnp.asarray(gt_masks)
+  gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
+  rois = jnp.asarray(rois, jnp.float32)
   m = gt_masks.shape[-1]
   g = jnp.clip(matched_gt, 0, gt_masks.shape[0] - 1)
   masks = gt_masks[g].astype(jnp.float32)                      # [S, M, M]
