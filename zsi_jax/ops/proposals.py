@@ -42,10 +42,11 @@ def generate_proposals(objectness, deltas, anchors, image_hw, pre_nms_topk: int,
   for lvl, (obj, dl, anc) in enumerate(zip(objectness, deltas, anchors)):
     n = obj.shape[0]
     k = min(pre_nms_topk, n)
-    ok = jnp.ones((n,), bool) if anchor_valid is None else anchor_valid[lvl].astype(bool)
+    ok = (jnp.ones((n,), bool) if anchor_valid is None
+          else jnp.asarray(anchor_valid[lvl]).astype(bool))
     s = jnp.where(ok, obj, -jnp.inf)
     top_s, top_i = jax.lax.top_k(s, k)
-    b = box_ops.decode(jnp.asarray(anc)[top_i], dl[top_i], stds)
+    b = box_ops.decode(jnp.asarray(anc)[top_i], jnp.asarray(dl)[top_i], stds)
     b = box_ops.clip_boxes(b, image_hw)
     w = b[:, 2] - b[:, 0]
     h = b[:, 3] - b[:, 1]
