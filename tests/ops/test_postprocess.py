@@ -1,0 +1,124 @@
+"""postprocess_detections against torchvision's RoIHeads logic; paste_masks against a pixel loop."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torchvision
+from hypothesis import given, settings, strategies as st
+from torchvision.models.detection._utils import BoxCoder
+
+from zsi_jax.ops.postprocess import paste_masks, postprocess_detections
+
+
+def _reference(rois, valid, scores, deltas, hw, thr, nms_thr, max_det, pre):
+  """torchvision RoIHeads.postprocess_detections steps, plus a pre-NMS top-k."""
+  r, k = scores.shape
+  coder = BoxCoder((10., 10., 5., 5.))
+  d = torch.from_numpy(deltas).reshape(r, -1)
+  b = coder.decode(d, [torch.from_numpy(rois)]).reshape(r, k, 4)
+  b = torchvision.ops.clip_boxes_to_image(b, hw).reshape(-1, 4)
+  s = torch.from_numpy(scores).reshape(-1)
+  lab = torch.arange(k).repeat(r)
+  ri = torch.arange(r).repeat_interleave(k)
+  keep = (s > thr) & torch.from_numpy(valid)[ri]
+  keep &= ((b[:, 2] - b[:, 0]) >= 1e-2) & ((b[:, 3] - b[:, 1]) >= 1e-2)
+  b, s, lab, ri = b[keep], s[keep], lab[keep], ri[keep]
+  order = torch.argsort(s, descending=True, stable=True)[:pre]
+  b, s, lab, ri = b[order], s[order], lab[order], ri[order]
+  keep = torchvision.ops.batched_nms(b, s, lab, nms_thr)[:max_det]
+  return b[keep].numpy(), s[keep].numpy(), lab[keep].numpy(), ri[keep].numpy()
+
+
+def _inputs(rng, r, k, low_scores=False):
+  c = rng.uniform(10, 90, (r, 2))
+  wh = rng.uniform(5, 40, (r, 2))
+  rois = np.concatenate([c - wh / 2, c + wh / 2], 1).astype(np.float32)
+  scores = rng.dirichlet(np.ones(k + 1), r)[:, 1:].astype(np.float32)
+  if low_scores:
+    scores *= 0.04
+  deltas = rng.normal(size=(r, k, 4)).astype(np.float32)
+  valid = rng.uniform(size=r) < 0.9
+  return rois, valid, scores, deltas
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([(30, 3, 100), (80, 4, 20)]), st.booleans())
+def test_postprocess_matches_torchvision(seed, shape, agnostic):
+  rng = np.random.default_rng(seed)
+  r, k, max_det = shape
+  rois, valid, scores, deltas = _inputs(rng, r, k)
+  if agnostic:
+    deltas = np.repeat(deltas[:, :1], k, 1)
+  hw = (90, 100)
+  f = jax.jit(lambda *a: postprocess_detections(*a, max_detections=max_det, pre_nms_topk=150))
+  arg_d = deltas[:, 0] if agnostic else deltas
+  out = jax.tree.map(np.asarray, f(rois, valid, scores, arg_d, hw))
+  rb, rs, rl, ri = _reference(rois, valid, scores, deltas, hw, 0.05, 0.5, max_det, 150)
+  n = len(rs)
+  assert out['valid'].sum() == n and out['valid'][:n].all()
+  np.testing.assert_allclose(out['scores'][:n], rs, rtol=1e-6)
+  np.testing.assert_array_equal(out['classes'][:n], rl)
+  np.testing.assert_array_equal(out['roi_index'][:n], ri)
+  np.testing.assert_allclose(out['boxes'][:n], rb, atol=1e-3)
+  assert (out['classes'][n:] == -1).all() and (out['roi_index'][n:] == -1).all()
+
+
+def test_postprocess_no_detection_and_vmap():
+  rng = np.random.default_rng(0)
+  rois, valid, scores, deltas = _inputs(rng, 20, 3, low_scores=True)
+  out = jax.vmap(lambda s: postprocess_detections(rois, valid, s, deltas, (100, 100)))(
+      jnp.stack([scores, scores]))
+  assert out['boxes'].shape == (2, 100, 4)
+  assert not np.asarray(out['valid']).any()
+  assert (np.asarray(out['classes']) == -1).all()
+
+
+def _paste_loop(mask, box, hw, thr):
+  """Per-pixel reference: pixel centre -> mask frame (half-pixel), bilinear, zero outside."""
+  m = mask.shape[0]
+  x1, y1, x2, y2 = box
+  out = np.zeros(hw, bool)
+  p = np.pad(mask, 1)
+  for y in range(hw[0]):
+    for x in range(hw[1]):
+      u = (x + 0.5 - x1) / (x2 - x1) * m - 0.5 + 1
+      v = (y + 0.5 - y1) / (y2 - y1) * m - 0.5 + 1
+      if u <= 0 or v <= 0 or u >= m + 1 or v >= m + 1:
+        continue
+      u0, v0 = int(np.floor(u)), int(np.floor(v))
+      fu, fv = u - u0, v - v0
+      val = ((p[v0, u0] * (1 - fu) + p[v0, u0 + 1] * fu) * (1 - fv)
+             + (p[v0 + 1, u0] * (1 - fu) + p[v0 + 1, u0 + 1] * fu) * fv)
+      out[y, x] = val >= thr
+  return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000))
+def test_paste_masks_equals_pixel_loop(seed):
+  rng = np.random.default_rng(seed)
+  hw = (30, 40)
+  masks = rng.uniform(size=(3, 7, 7)).astype(np.float32)
+  xy = rng.uniform(-5, 30, (3, 2))
+  wh = rng.uniform(0.5, 20, (3, 2))
+  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  got = paste_masks(masks, boxes, hw)
+  assert got.shape == (3, 30, 40) and got.dtype == bool
+  for i in range(3):
+    np.testing.assert_array_equal(got[i], _paste_loop(masks[i], boxes[i], hw, 0.5))
+
+
+def test_paste_masks_close_to_torchvision():
+  """torchvision pads the mask by one pixel and expands the box; agreement > 95% of the box."""
+  from torchvision.models.detection.roi_heads import paste_masks_in_image
+  yy, xx = np.mgrid[0:28, 0:28] + 0.5
+  masks = np.stack([1.0 / (1 + np.exp(-(6 - np.hypot(yy - 14, xx - 14 + s)) * 2))
+                    for s in (0, 3)]).astype(np.float32)
+  boxes = np.array([[10, 12, 70, 60], [30, 5, 90, 50]], np.float32)
+  got = paste_masks(masks, boxes, (80, 100))
+  ref = paste_masks_in_image(torch.from_numpy(masks)[:, None], torch.from_numpy(boxes),
+                             (80, 100))[:, 0].numpy() >= 0.5
+  for i in range(2):
+    x1, y1, x2, y2 = boxes[i].astype(int)
+    assert (got[i][y1:y2, x1:x2] == ref[i][y1:y2, x1:x2]).mean() > 0.95
+    assert not got[i][:, :x1 - 3].any() and not got[i][:, x2 + 3:].any()
