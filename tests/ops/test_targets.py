@@ -31,7 +31,7 @@ def test_rpn_targets_properties(seed):
   lab = out['labels']
   assert ((lab >= 0) <= anchor_valid).all()                  # invalid anchors never sampled
   assert (lab >= 0).sum() <= 64 and (lab == 1).sum() <= 32
-  iou = np.asarray(box_ops.box_iou(anchors, gt))
+  iou = np.asarray(box_ops.box_iou(anchors, gt)) * anchor_valid[:, None]
   matchable = gt_valid & ~gt_crowd
   best = np.where(matchable[None], iou, -1).max(1)
   gt_best = np.where(matchable[None], iou, -1).max(0)
@@ -52,6 +52,16 @@ def test_rpn_targets_crowd_never_positive_and_covered_anchors_ignored():
   out = targets.rpn_targets(jax.random.PRNGKey(0), anchors, np.ones(3, bool), gt,
                             np.array([True]), np.array([True]), targets.RpnTargetConfig())
   np.testing.assert_array_equal(np.asarray(out['labels']), [-1, -1, 0])
+
+
+def test_low_quality_match_ignores_border_anchors():
+  gt = np.array([[0, 0, 20, 20]], np.float32)
+  anchors = np.array([[0, 0, 20, 20], [0, 0, 30, 32], [50, 50, 60, 60]], np.float32)
+  valid = np.array([False, True, True])
+  out = targets.rpn_targets(jax.random.PRNGKey(0), anchors, valid, gt, np.array([True]),
+                            np.array([False]), targets.RpnTargetConfig())
+  # IoU(anchor 1, gt) = 400/960 < 0.7, but it is the best valid anchor.
+  np.testing.assert_array_equal(np.asarray(out['labels']), [-1, 1, 0])
 
 
 def test_sample_rois_adds_gt_and_vmaps():

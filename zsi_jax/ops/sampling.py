@@ -15,7 +15,7 @@ def match_boxes(iou, gt_valid, positive_threshold: float, negative_threshold: fl
   IoU >= positive_threshold -> positive; IoU < negative_threshold -> negative;
   in between -> ignored. With ``allow_low_quality``, every ground truth also
   claims the candidates that reach its own highest IoU (if that IoU is at least
-  ``low_quality_min``), so each object gets at least one positive.
+  ``low_quality_min`` and above 0), so each object gets at least one positive.
   Invalid (padded) ground truth never matches anything.
 
   Args:

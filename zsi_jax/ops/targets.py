@@ -43,12 +43,20 @@ class RoiSamplingConfig:
 
 
 def _match_with_crowd(candidates, gt_boxes, gt_valid, gt_crowd, pos_thr, neg_thr,
-                      allow_low_quality, low_quality_min, crowd_ioa_threshold):
-  """match_boxes with crowd gts excluded and crowd-covered negatives ignored."""
+                      allow_low_quality, low_quality_min, crowd_ioa_threshold,
+                      candidate_valid=None):
+  """match_boxes with crowd gts excluded and crowd-covered negatives ignored.
+
+  Invalid candidates (border anchors, padded proposals) get IoU 0 before
+  matching, so a gt's low-quality match is searched among valid ones only
+  (mmdetection assigns inside anchors only).
+  """
   gt_valid = jnp.asarray(gt_valid).astype(bool)
   gt_crowd = jnp.asarray(gt_crowd).astype(bool)
   matchable = gt_valid & ~gt_crowd
   iou = box_ops.box_iou(candidates, gt_boxes)
+  if candidate_valid is not None:
+    iou = jnp.where(candidate_valid[:, None], iou, 0.0)
   matched, labels = match_boxes(iou, matchable, pos_thr, neg_thr, allow_low_quality,
                                 low_quality_min)
   ioa = jnp.where((gt_valid & gt_crowd)[None, :], box_ops.box_ioa(candidates, gt_boxes), 0.0)
@@ -73,12 +81,12 @@ def rpn_targets(key, anchors, anchor_valid, gt_boxes, gt_valid, gt_crowd, cfg: R
   """
   anchors = jnp.asarray(anchors, jnp.float32)
   gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
+  anchor_valid = jnp.asarray(anchor_valid).astype(bool)
   n = anchors.shape[0]
   matched, labels = _match_with_crowd(
       anchors, gt_boxes, gt_valid, gt_crowd, cfg.positive_threshold, cfg.negative_threshold,
       cfg.allow_low_quality, getattr(cfg, 'low_quality_min', 0.0),
-      getattr(cfg, 'crowd_ioa_threshold', 0.5))
-  anchor_valid = jnp.asarray(anchor_valid).astype(bool)
+      getattr(cfg, 'crowd_ioa_threshold', 0.5), candidate_valid=anchor_valid)
   idx, sampled = sample_balanced(key, labels, cfg.num_samples, cfg.positive_fraction,
                                  candidate_valid=anchor_valid)
   # Scatter the sample back onto all anchors; empty slots write to a dummy row.
@@ -116,7 +124,7 @@ def sample_rois(key, proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, 
   cand_valid = jnp.concatenate([jnp.asarray(proposal_valid).astype(bool), gt_valid & ~gt_crowd])
   matched, labels = _match_with_crowd(
       candidates, gt_boxes, gt_valid, gt_crowd, cfg.positive_threshold, cfg.negative_threshold,
-      False, 0.0, getattr(cfg, 'crowd_ioa_threshold', 0.5))
+      False, 0.0, getattr(cfg, 'crowd_ioa_threshold', 0.5), candidate_valid=cand_valid)
   idx, sampled = sample_balanced(key, labels, cfg.num_samples, cfg.positive_fraction,
                                  candidate_valid=cand_valid)
   valid = sampled >= 0
