@@ -1,0 +1,44 @@
+"""ZSI-Shapes, the built-in synthetic dataset: small and fast on a CPU.
+
+python train.py --config configs/shapes.py --workdir runs/shapes
+"""
+import ml_collections
+
+from zsi_jax.config_defaults import model_config
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = dict(
+      root='data/generated/zsi_shapes',    # written by data_prep/make_shapes.py
+      vectors='class_vectors.txt',         # or class_vectors_onehot.txt (Table 6 control)
+      image_size=(128, 128),               # padded canvas [H, W]
+      scale=(128, 128),                    # keep-ratio resize limits (short, long)
+      max_instances=12,
+      mask_gt_size=56,
+      batch_size=8,
+      num_workers=0,
+  )
+  m = model_config()
+  m.backbone = dict(depth=18, width=0.25, norm='group_norm', frozen_stages=0)
+  m.fpn_channels = 64
+  m.anchors.scales = (4.0,)               # objects are 12-60 px on a 128 px image
+  m.rpn.pre_nms_topk_train = 300
+  m.rpn.post_nms_topk_train = 300
+  m.rpn.pre_nms_topk_test = 300
+  m.rpn.post_nms_topk_test = 300
+  m.roi_sampling.num_samples = 64
+  m.mask_head.max_rois_per_image = 16
+  m.mask_head.channels = 64
+  m.box_head.fc_dim = 256
+  m.test.max_detections = 50
+  c.model = m
+  c.optim = dict(learning_rate=0.02, momentum=0.9, weight_decay=1e-4, clip_norm=35.0,
+                 warmup_steps=100, warmup_ratio=1.0 / 3, decay_epochs=(8, 11), decay_factor=0.1)
+  c.num_epochs = 12
+  c.log_every = 20
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.eval_every = 0
+  return c

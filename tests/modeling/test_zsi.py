@@ -1,0 +1,141 @@
+"""The whole ZSI model at tiny scale: shapes, one compilation, Sync-bg gradients, padding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from zsi_jax.modeling.zsi import ZSIModel, init_variables
+
+D = 16
+K_MAX = 6
+
+
+def make_batch(rng, b=2, g=4, hw=64, m=28, n_real=(2, 1)):
+  boxes = np.zeros((b, g, 4), np.float32)
+  classes = np.full((b, g), -1, np.int32)
+  valid = np.zeros((b, g), bool)
+  for i in range(b):
+    for j in range(n_real[i]):
+      x, y = rng.uniform(2, hw - 30, 2)
+      w, h = rng.uniform(12, 26, 2)
+      boxes[i, j] = [x, y, x + w, y + h]
+      classes[i, j] = rng.integers(0, 3)
+      valid[i, j] = True
+  masks = np.zeros((b, g, m, m), np.uint8)
+  masks[:, :, 4:24, 6:22] = 1
+  return dict(image=rng.normal(size=(b, hw, hw, 3)).astype(np.float32), gt_boxes=boxes,
+              gt_classes=classes, gt_valid=valid, gt_crowd=np.zeros((b, g), bool),
+              gt_masks=masks * valid[..., None, None],
+              input_hw=np.full((b, 2), hw, np.int32))
+
+
+@pytest.fixture(scope='module')
+def setup():
+  cfg = tiny.get_config().model
+  rng = np.random.default_rng(0)
+  vecs = rng.normal(size=(K_MAX, D)).astype(np.float32)
+  vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+  bg = vecs.mean(0)
+  model = ZSIModel(config=cfg, background_init=tuple(bg.tolist()), num_train_classes=0)
+  variables = init_variables(model, jax.random.PRNGKey(0), (64, 64))
+  return cfg, model, variables, vecs
+
+
+def _loss_fn(model, trace_counter=None):
+  def f(params, rest, batch, cv, cvalid, key):
+    if trace_counter is not None:
+      trace_counter.append(1)
+    terms, aux = model.apply({'params': params, **rest}, batch, cv, cvalid, key, True,
+                             method=ZSIModel.losses)
+    return terms, aux
+  return f
+
+
+def test_losses_finite_and_compiled_once_for_any_class_list(setup):
+  cfg, model, variables, vecs = setup
+  params = variables['params']
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+  traces = []
+  f = jax.jit(_loss_fn(model, traces))
+  batch = make_batch(np.random.default_rng(1))
+  valid3 = np.array([1, 1, 1, 0, 0, 0], bool)
+  terms, aux = f(params, rest, batch, jnp.asarray(vecs), jnp.asarray(valid3), jax.random.PRNGKey(0))
+  for k in ('total', 'rpn_cls', 'rpn_box', 'det_cls', 'det_box', 'det_recon', 'mask_bce',
+            'mask_recon'):
+    assert np.isfinite(float(terms[k])), k
+  assert float(aux['num_pos_rois']) > 0 and float(aux['num_mask_rois']) > 0
+  # Another class list (other values, other K within K_max): no recompilation.
+  vecs2 = np.roll(vecs, 1, axis=0) * 0.5
+  valid5 = np.array([1, 1, 1, 1, 1, 0], bool)
+  terms2, _ = f(params, rest, batch, jnp.asarray(vecs2), jnp.asarray(valid5),
+                jax.random.PRNGKey(0))
+  assert len(traces) == 1
+  assert float(terms2['det_cls']) != float(terms['det_cls'])
+
+
+def _head_loss_grad_wrt_w_bf(model, variables, vecs, batch):
+  params = variables['params']
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+
+  def head_losses(p):
+    terms, _ = model.apply({'params': p, **rest}, batch, jnp.asarray(vecs),
+                           jnp.asarray(np.arange(K_MAX) < 3), jax.random.PRNGKey(0), True,
+                           method=ZSIModel.losses)
+    # Only the heads' terms: the RPN's own loss always trains W_bf.
+    return terms['det_cls'] + terms['mask_bce']
+
+  return jax.grad(head_losses)(params)['rpn']['W_bf']
+
+
+@pytest.mark.parametrize('gradients', [True, False])
+def test_sync_bg_gradient_switch(setup, gradients):
+  cfg, _, variables, vecs = setup
+  cfg = cfg.copy_and_resolve_references()
+  cfg.sync_bg.gradients = gradients
+  model = ZSIModel(config=cfg, background_init=tuple(vecs.mean(0).tolist()))
+  g = _head_loss_grad_wrt_w_bf(model, variables, vecs, make_batch(np.random.default_rng(2)))
+  bg_grad = float(jnp.abs(g[:, 0]).sum())
+  if gradients:
+    assert bg_grad > 0
+  else:
+    assert bg_grad == 0.0
+  # Foreground rows never receive head gradients.
+  assert float(jnp.abs(g[:, 1]).sum()) == 0.0
+
+
+def test_padded_ground_truth_contributes_nothing(setup):
+  _, model, variables, vecs = setup
+  batch = make_batch(np.random.default_rng(3), g=4)
+  wider = {k: v for k, v in batch.items()}
+  # Add padded instances holding garbage: a big box and a class id.
+  pad = lambda x, v: np.concatenate([x, np.full(x[:, :2].shape, v, x.dtype)], axis=1)
+  wider['gt_boxes'] = pad(batch['gt_boxes'], 5.0)
+  wider['gt_classes'] = pad(batch['gt_classes'], -1)
+  wider['gt_valid'] = pad(batch['gt_valid'], False)
+  wider['gt_crowd'] = pad(batch['gt_crowd'], False)
+  wider['gt_masks'] = pad(batch['gt_masks'], 1)
+  f = jax.jit(_loss_fn(model))
+  params = variables['params']
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+  a, _ = f(params, rest, batch, vecs, np.arange(K_MAX) < 3, jax.random.PRNGKey(0))
+  b, _ = f(params, rest, wider, vecs, np.arange(K_MAX) < 3, jax.random.PRNGKey(0))
+  for k in a:
+    np.testing.assert_allclose(float(a[k]), float(b[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize('scoring', ['direct', 'projected'])
+def test_detect_outputs(setup, scoring):
+  cfg, model, variables, vecs = setup
+  batch = make_batch(np.random.default_rng(4))
+  out = jax.jit(lambda v, im, hw, cv, cm: model.apply(
+      v, im, hw, cv, cm, seen_vectors=cv, seen_valid=cm, scoring=scoring,
+      method=ZSIModel.detect))(variables, batch['image'], batch['input_hw'], vecs,
+                               np.arange(K_MAX) < 4)
+  n = cfg.test.max_detections
+  assert out['boxes'].shape == (2, n, 4) and out['masks'].shape == (2, n, 28, 28)
+  cls = np.asarray(out['classes'])
+  valid = np.asarray(out['valid'])
+  assert np.all((cls[valid] >= 0) & (cls[valid] < 4)) and np.all(cls[~valid] == -1)
+  m = np.asarray(out['masks'])
+  assert np.all((m >= 0) & (m <= 1))

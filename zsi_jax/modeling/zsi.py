@@ -1,0 +1,357 @@
+"""The ZSI network (paper Fig. 2): backbone -> FPN -> BA-RPN -> semantic heads.
+
+One pure ``apply`` runs the whole method. Sync-bg is a value: the BA-RPN
+returns the background word vector ``v_b`` and this module puts it in front of
+the class vectors for both heads, ``[v_b; W]``. The class vectors are an
+argument, ``[K_max, D]`` with a validity mask, so the same compiled function
+serves seen classes in training and unseen, seen+unseen or any user list at
+inference.
+
+Training (``ZSIModel.losses``) and inference (``ZSIModel.detect``) share the
+feature and RPN code and split after the proposals, as in detectron2.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zsi_jax.modeling import losses as L
+from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
+from zsi_jax.modeling.box_head import SemanticBoxHead
+from zsi_jax.modeling.fpn import FPN
+from zsi_jax.modeling.mask_head import SemanticMaskHead, mask_logits, mask_logits_per_roi
+from zsi_jax.modeling.resnet import ResNet
+from zsi_jax.ops import anchors as anchor_ops
+from zsi_jax.ops import boxes as box_ops
+from zsi_jax.ops import postprocess, proposals, roi_align, targets
+
+# Logit given to padded (invalid) class slots: far below any real score, finite
+# so that softmax and its gradient stay NaN-free.
+_INVALID_LOGIT = -1e9
+
+
+def class_matrix(v_b, class_vectors, class_valid):
+  """``[v_b; W]`` and its validity. v_b: [D]; class_vectors: [K, D] -> [1+K, D], [1+K]."""
+  mat = jnp.concatenate([v_b[None, :].astype(class_vectors.dtype), class_vectors], axis=0)
+  valid = jnp.concatenate([jnp.ones((1,), bool), class_valid.astype(bool)])
+  return mat, valid
+
+
+def masked_logits(semantic, matrix, valid):
+  """Dot-product class logits with padded classes pushed to -inf-ish. [..., D] x [C, D] -> [..., C]."""
+  logits = semantic @ matrix.T
+  return jnp.where(valid, logits, _INVALID_LOGIT)
+
+
+class ZSIModel(nn.Module):
+  """Zero-shot instance segmentation model.
+
+  Attributes:
+    config: the ``model`` ConfigDict of an experiment (see configs/).
+    background_init: the dataset's background word vector as a tuple of floats.
+    num_train_classes: classes seen in training (sizes class-specific box
+      regression only; 0 for class-agnostic).
+  """
+  config: Any
+  background_init: Any
+  num_train_classes: int = 0
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.bfloat16 if c.get('dtype', 'float32') == 'bfloat16' else jnp.float32
+    self.backbone = ResNet(depth=c.backbone.depth, width=c.backbone.width, norm=c.backbone.norm,
+                           frozen_stages=c.backbone.frozen_stages, dtype=dtype)
+    self.fpn = FPN(channels=c.fpn_channels, dtype=dtype)
+    self.rpn = BackgroundAwareRPN(background_init=tuple(self.background_init),
+                                  num_anchors=len(c.anchors.ratios) * len(c.anchors.scales),
+                                  channels=c.fpn_channels, semantic=c.rpn.semantic, dtype=dtype)
+    dim = len(self.background_init)
+    self.box_head = SemanticBoxHead(
+        semantic_dim=dim, fc_dim=c.box_head.fc_dim, use_decoder=c.box_head.use_decoder,
+        num_reg_classes=self.num_train_classes if c.box_head.regression == 'class_specific' else 0,
+        vocabulary_size=c.box_head.vocabulary_size, dtype=dtype)
+    self.mask_head = SemanticMaskHead(
+        semantic_dim=dim, num_convs=c.mask_head.num_convs, channels=c.mask_head.channels,
+        encoder=c.mask_head.encoder, use_decoder=c.mask_head.use_decoder, dtype=dtype)
+    if c.box_head.vocabulary_size:
+      # The fixed vocabulary word vectors (reference COCO setting) are a
+      # constant collection: saved with the checkpoint, never trained.
+      self.vocabulary = self.variable(
+          'constants', 'vocabulary',
+          lambda: jnp.zeros((c.box_head.vocabulary_size, dim), jnp.float32))
+
+  # ---------------------------------------------------------------- shared parts
+  def _features(self, images, train):
+    feats = self.fpn(self.backbone(images, train=train))
+    return list(feats)  # P2..P6
+
+  def _anchors(self, image_hw):
+    c = self.config.anchors
+    per_level = anchor_ops.generate_anchors(tuple(image_hw), strides=tuple(c.strides),
+                                            scales=tuple(c.scales), ratios=tuple(c.ratios))
+    return [jnp.asarray(a) for a in per_level]
+
+  def _sync_bg(self, v_b, which):
+    """The background vector a head sees (Sync-bg, Table 5 switches)."""
+    c = self.config.sync_bg
+    use = c.det if which == 'det' else c.mask
+    if not use:
+      # Without Sync-bg the head keeps the fixed text background vector.
+      return jnp.asarray(self.background_init, jnp.float32)
+    return v_b if c.gradients else jax.lax.stop_gradient(v_b)
+
+  def _proposals(self, rpn_logits, rpn_deltas, anchors, input_hw, train):
+    c = self.config.rpn
+    objectness = [jax.lax.stop_gradient(lg[..., 1] - lg[..., 0]) for lg in rpn_logits]
+    deltas = [jax.lax.stop_gradient(d) for d in rpn_deltas]
+    pre = c.pre_nms_topk_train if train else c.pre_nms_topk_test
+    post = c.post_nms_topk_train if train else c.post_nms_topk_test
+
+    def one(obj, dl, hw):
+      return proposals.generate_proposals(obj, dl, anchors, hw, pre_nms_topk=pre,
+                                          nms_threshold=c.nms_threshold, post_nms_topk=post,
+                                          min_size=c.min_size)
+    return jax.vmap(one)(objectness, deltas, input_hw)
+
+  def _pool(self, feats, rois, size):
+    """Multi-level RoIAlign over P2..P5 for a batch. rois: [B, R, 4] -> [B, R, s, s, C]."""
+    levels = feats[:4]
+    return jax.vmap(lambda f, r: roi_align.multilevel_roi_align(
+        f, r, output_size=size, sampling_ratio=self.config.roi_align_sampling_ratio))(levels, rois)
+
+  # ---------------------------------------------------------------- training
+  def losses(self, batch: Dict[str, jnp.ndarray], class_vectors, class_valid, key,
+             train: bool = True):
+    """All loss terms of Eq. 2 for a batch (see docs/INTERFACES.md for ``batch``).
+
+    Args:
+      batch: fixed-shape batch dict from the input pipeline.
+      class_vectors: ``[K, D]`` training (seen) class vectors, padded.
+      class_valid: ``[K]`` bool.
+      key: PRNG key for anchor and RoI sampling.
+      train: BatchNorm mode for the backbone.
+    Returns:
+      dict of scalar loss terms (``total`` included) and diagnostics.
+    """
+    c = self.config
+    images = batch['image']
+    b = images.shape[0]
+    image_hw = images.shape[1:3]
+    feats = self._features(images, train)
+    rpn_logits, rpn_deltas, v_b = self.rpn(feats)
+    anchors = self._anchors(image_hw)
+    all_anchors = jnp.concatenate(anchors, axis=0)
+    gt_boxes, gt_classes = batch['gt_boxes'], batch['gt_classes']
+    gt_valid, gt_crowd = batch['gt_valid'], batch['gt_crowd']
+    input_hw = batch['input_hw']
+    rpn_key, roi_key = jax.random.split(key)
+
+    # --- BA-RPN loss: 2-way CE + smooth-L1 (beta 1/9) on sampled anchors.
+    anchor_valid = jax.vmap(lambda hw: anchor_ops.anchor_validity(all_anchors, hw))(input_hw)
+    rpn_cfg = targets.RpnTargetConfig(**c.rpn.targets)
+    rpn_t = jax.vmap(lambda k, av, gb, gv, gc: targets.rpn_targets(
+        k, all_anchors, av, gb, gv, gc, rpn_cfg))(
+            jax.random.split(rpn_key, b), anchor_valid, gt_boxes, gt_valid, gt_crowd)
+    logits_all = jnp.concatenate(rpn_logits, axis=1)
+    deltas_all = jnp.concatenate(rpn_deltas, axis=1)
+    sampled = rpn_t['labels'] >= 0
+    num_sampled = jnp.sum(sampled)
+    rpn_cls = L.safe_divide(L.softmax_cross_entropy(logits_all, rpn_t['labels'], sampled),
+                            num_sampled)
+    rpn_box = L.safe_divide(L.weighted_smooth_l1(deltas_all, rpn_t['box_targets'],
+                                                 rpn_t['box_weights'], c.rpn.smooth_l1_beta),
+                            num_sampled)
+
+    # --- Proposals and RoI sampling (ground truth added to the proposals).
+    props, _, props_valid = self._proposals(rpn_logits, rpn_deltas, anchors, input_hw, True)
+    roi_cfg = targets.RoiSamplingConfig(**c.roi_sampling)
+    roi_t = jax.vmap(lambda k, p, pv, gb, gl, gv, gc: targets.sample_rois(
+        k, p, pv, gb, gl, gv, gc, roi_cfg))(
+            jax.random.split(roi_key, b), props, props_valid, gt_boxes, gt_classes, gt_valid,
+            gt_crowd)
+    rois, roi_labels, roi_valid = roi_t['rois'], roi_t['labels'], roi_t['valid']
+
+    # --- Zero-shot detector: CE over [v_b; W], smooth-L1, reconstruction.
+    head = self.box_head(self._pool(feats, rois, 7), vocabulary=self._vocabulary())
+    mat, mat_valid = class_matrix(self._sync_bg(v_b, 'det'), class_vectors, class_valid)
+    cls_logits = masked_logits(head['semantic'], mat, mat_valid)
+    num_rois = jnp.sum(roi_valid)
+    det_cls = L.safe_divide(L.softmax_cross_entropy(cls_logits, roi_labels, roi_valid), num_rois)
+    pos = roi_valid & (roi_labels > 0)
+    pred_deltas = self._select_deltas(head, roi_labels - 1)
+    det_box = L.safe_divide(L.weighted_smooth_l1(pred_deltas, roi_t['box_targets'], pos,
+                                                 c.box_head.smooth_l1_beta), num_rois)
+    det_recon = (L.reconstruction_mse(head['features'].reshape(-1, c.box_head.fc_dim),
+                                      head['reconstruction'].reshape(-1, c.box_head.fc_dim),
+                                      roi_valid.reshape(-1))
+                 if head['reconstruction'] is not None else jnp.zeros(()))
+
+    # --- Semantic mask head on a fixed number of positive RoIs per image.
+    mask_idx, mask_sel_valid = jax.vmap(
+        lambda p: _first_true(p, c.mask_head.max_rois_per_image))(pos)
+    take = lambda x: jnp.take_along_axis(x, mask_idx.reshape(mask_idx.shape + (1,) * (x.ndim - 2)),
+                                         axis=1)
+    m_rois = take(rois)
+    m_labels = jnp.take_along_axis(roi_labels, mask_idx, axis=1)
+    m_gt = jnp.take_along_axis(roi_t['matched_gt'], mask_idx, axis=1)
+    m_targets = jax.vmap(lambda gm, gb, r, g: targets.mask_targets(
+        gm, gb, r, g, output_size=c.mask_head.mask_size))(
+            batch['gt_masks'].astype(jnp.float32), gt_boxes, m_rois, m_gt)
+    mhead = self.mask_head(self._pool(feats, m_rois, c.mask_head.roi_size).reshape(
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
+    mmat, _ = class_matrix(self._sync_bg(v_b, 'mask'), class_vectors, class_valid)
+    roi_vectors = mmat[jnp.clip(m_labels, 0, None)].reshape(-1, mmat.shape[-1])
+    m_logits = mask_logits_per_roi(mhead['semantic'], roi_vectors)
+    m_valid = mask_sel_valid.reshape(-1)
+    pixels = c.mask_head.mask_size ** 2
+    mask_bce = L.safe_divide(
+        L.sigmoid_binary_cross_entropy(m_logits, m_targets.reshape(m_logits.shape),
+                                       m_valid[:, None, None]),
+        jnp.sum(m_valid) * pixels)
+    mask_recon = (L.reconstruction_mse(mhead['features'], mhead['reconstruction'], m_valid)
+                  if mhead['reconstruction'] is not None else jnp.zeros(()))
+
+    terms = dict(rpn_cls=rpn_cls, rpn_box=rpn_box, det_cls=det_cls, det_box=det_box,
+                 det_recon=c.box_head.recon_weight * det_recon,
+                 mask_bce=mask_bce, mask_recon=c.mask_head.recon_weight * mask_recon)
+    total = sum(terms.values())
+    aux = dict(num_pos_rois=jnp.sum(pos), num_rois=num_rois, num_mask_rois=jnp.sum(m_valid),
+               num_rpn_sampled=num_sampled, num_rpn_pos=jnp.sum(rpn_t['labels'] == 1),
+               num_proposals=jnp.sum(props_valid),
+               v_b_norm=jnp.linalg.norm(v_b))
+    return dict(total=total, **terms), aux
+
+  def _vocabulary(self):
+    return self.vocabulary.value if self.config.box_head.vocabulary_size else None
+
+  def _select_deltas(self, head, class_index):
+    """Deltas of each RoI's class: class-specific where trained, else class-agnostic.
+
+    head: box-head outputs for [B, R]; class_index: [B, R] in 0..K-1 (or -1).
+    Returns [B, R, 4].
+    """
+    if head['deltas_specific'] is None:
+      return head['deltas_agnostic']
+    spec = head['deltas_specific']
+    idx = jnp.clip(class_index, 0, spec.shape[-2] - 1)
+    return jnp.take_along_axis(spec, idx[..., None, None], axis=-2)[..., 0, :]
+
+  # ---------------------------------------------------------------- inference
+  def detect(self, images, input_hw, class_vectors, class_valid,
+             seen_vectors: Optional[jnp.ndarray] = None, seen_valid: Optional[jnp.ndarray] = None,
+             scoring: str = 'direct'):
+    """Detects and segments the given classes.
+
+    Args:
+      images: ``[B, H, W, 3]`` normalised, padded images.
+      input_hw: ``[B, 2]`` size of the real image inside the padding.
+      class_vectors: ``[K, D]`` vectors of the classes to detect (unseen for ZSI,
+        seen+unseen for GZSI, or any user list), padded; ``class_valid`` [K].
+      seen_vectors, seen_valid: the training classes' vectors, needed for
+        ``scoring='projected'`` (the reference code's unseen scoring).
+      scoring: 'direct' (paper: softmax over ``s . [v_b; W]``) or 'projected'.
+    Returns:
+      dict of ``boxes`` [B, N, 4], ``scores`` [B, N], ``classes`` [B, N] (index
+      into ``class_vectors``, -1 empty), ``masks`` [B, N, 28, 28] probabilities,
+      ``valid`` [B, N]; N = max_detections.
+    """
+    c = self.config
+    feats = self._features(images, False)
+    rpn_logits, rpn_deltas, v_b = self.rpn(feats)
+    anchors = self._anchors(images.shape[1:3])
+    props, _, props_valid = self._proposals(rpn_logits, rpn_deltas, anchors, input_hw, False)
+
+    head = self.box_head(self._pool(feats, props, 7), vocabulary=self._vocabulary())
+    mat, mat_valid = class_matrix(self._sync_bg(v_b, 'det'), class_vectors, class_valid)
+    scores = self._class_scores(head['semantic'], mat, mat_valid, v_b, seen_vectors, seen_valid,
+                                scoring, 'det')
+    # Regression: class-agnostic for any class list (unseen classes have no
+    # regressor of their own; REFERENCE.md's index accident is not repeated).
+    deltas = head['deltas_agnostic']
+    t = c.test
+    det = jax.vmap(lambda r, rv, sc, dl, hw: postprocess.postprocess_detections(
+        r, rv, sc, dl, hw, score_threshold=t.score_threshold, nms_threshold=t.nms_threshold,
+        max_detections=t.max_detections, pre_nms_topk=t.pre_nms_topk))(
+            props, props_valid, scores, deltas, input_hw)
+
+    mhead = self.mask_head(self._pool(feats, det['boxes'], c.mask_head.roi_size).reshape(
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
+    mmat, mmat_valid = class_matrix(self._sync_bg(v_b, 'mask'), class_vectors, class_valid)
+    sem = mhead['semantic']
+    if scoring == 'projected':
+      sem = self._project_through_seen(sem, v_b, seen_vectors, seen_valid, 'mask')
+    cls = jnp.clip(det['classes'], 0, None).reshape(-1) + 1
+    m = jax.nn.sigmoid(mask_logits_per_roi(sem, mmat[cls]))
+    s = c.mask_head.mask_size
+    return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'],
+                masks=m.reshape(det['classes'].shape + (s, s)), valid=det['valid'])
+
+  def _project_through_seen(self, semantic, v_b, seen_vectors, seen_valid, which):
+    """Maps semantic vectors through the seen word vectors (reference code).
+
+    s -> softmax-free projection ``(s . W_s^T) . W_s`` for masks; callers
+    compare the result with the target vectors.
+    """
+    if seen_vectors is None:
+      raise ValueError("scoring='projected' needs seen_vectors (the training class vectors)")
+    ws, ws_valid = class_matrix(self._sync_bg(v_b, which), seen_vectors, seen_valid)
+    ws = jnp.where(ws_valid[:, None], ws, 0.0)
+    return (semantic @ ws.T) @ ws
+
+  def _class_scores(self, semantic, mat, mat_valid, v_b, seen_vectors, seen_valid, scoring,
+                    which):
+    """Per-class scores without background: [B, R, D] -> [B, R, K]."""
+    if scoring == 'direct':
+      return jax.nn.softmax(masked_logits(semantic, mat, mat_valid), axis=-1)[..., 1:]
+    if scoring == 'projected':
+      if seen_vectors is None:
+        raise ValueError("scoring='projected' needs seen_vectors (the training class vectors)")
+      ws, ws_valid = class_matrix(self._sync_bg(v_b, which), seen_vectors, seen_valid)
+      p = jax.nn.softmax(masked_logits(semantic, ws, ws_valid), axis=-1)
+      # Probabilities mapped back into word space, then compared with the
+      # targets; no renormalisation, as in the reference code.
+      scores = (p @ jnp.where(ws_valid[:, None], ws, 0.0)) @ mat.T
+      return jnp.where(mat_valid, scores, 0.0)[..., 1:]
+    raise ValueError(f"scoring must be 'direct' or 'projected', got {scoring!r}")
+
+  def __call__(self, images, train: bool = False):
+    """Feature pass used for initialisation: returns the RPN outputs and ``v_b``."""
+    feats = self._features(images, train)
+    return self.rpn(feats)
+
+
+def _first_true(mask, n):
+  """Indices of the first ``n`` True entries of ``mask`` [R] -> ([n] int32, [n] bool)."""
+  order = jnp.argsort(~mask, stable=True)[:n]
+  return order.astype(jnp.int32), mask[order]
+
+
+def init_variables(model: ZSIModel, key, image_hw, batch_size=1, vocabulary=None):
+  """Initialises all parameters, heads included, with dummy inputs.
+
+  Returns the variables dict (``params`` and any ``batch_stats``/``constants``).
+  """
+  c = model.config
+  d = len(model.background_init)
+  images = jnp.zeros((batch_size,) + tuple(image_hw) + (3,), jnp.float32)
+
+  def all_heads(module, images):
+    feats = module._features(images, False)
+    module.rpn(feats)
+    r = jnp.zeros((batch_size, 1, 4), jnp.float32).at[..., 2:].set(16.0)
+    module.box_head(module._pool(feats, r, 7), vocabulary=module._vocabulary())
+    module.mask_head(module._pool(feats, r, c.mask_head.roi_size).reshape(
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
+    return jnp.zeros((d,))
+
+  variables = jax.jit(lambda k: model.init(k, images, method=all_heads))(key)
+  variables = dict(variables)
+  if c.box_head.vocabulary_size:
+    if vocabulary is None:
+      raise ValueError('config.model.box_head.vocabulary_size > 0 needs the vocabulary matrix')
+    variables['constants'] = {'vocabulary': jnp.asarray(vocabulary, jnp.float32)}
+  return variables

@@ -1,0 +1,79 @@
+"""Orbax checkpoints of the train state, with the config saved beside them.
+
+Orbax writes each step into a temporary directory and renames it when the save
+is complete, so a crash mid-save leaves the previous checkpoint as the latest
+good one. The data position needs no state of its own: the input order is a
+pure function of (seed, step), so restoring the step restores the iterator.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def make_manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
+  """A CheckpointManager keeping the last ``keep`` checkpoints, saving every ``save_every`` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
+                                         create=True, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, force: bool = False) -> bool:
+  """Saves ``state`` at ``step`` if the interval says so (or ``force``)."""
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[int] = None):
+  """Restores the given (or latest) step into the structure and shardings of ``abstract_state``.
+
+  Returns (state, step) or (None, None) when there is no checkpoint.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None, None
+  target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+  state = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return state, step
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Writes the experiment config as JSON beside the checkpoints (for eval and the Predictor)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)  # atomic: readers never see a half-written file
+  return path
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Reads the config saved by :func:`save_config`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'no {CONFIG_FILE} in {workdir!r}: is it a zsi_jax training workdir?')
+  with open(path) as f:
+    try:
+      d = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not valid JSON: {e}') from e
+  return ml_collections.ConfigDict(_lists_to_tuples(d))
+
+
+def _lists_to_tuples(x):
+  if isinstance(x, dict):
+    return {k: _lists_to_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_lists_to_tuples(v) for v in x)
+  return x

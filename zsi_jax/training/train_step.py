@@ -1,0 +1,88 @@
+"""Train state and the jit-compiled train step.
+
+The step is written for the global batch; sharding is decided by the caller
+(``jax.jit`` with ``in_shardings``/``out_shardings`` over a ('data',) mesh), as
+in big_vision. A non-finite loss or gradient leaves the state unchanged and is
+reported in the metrics, so the host can stop with the last good state.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from zsi_jax.modeling.zsi import ZSIModel
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs.
+
+  step: scalar int32; params: trainable parameters; opt_state: optax state;
+  model_state: the other variable collections (BatchNorm statistics, frozen
+  BatchNorm constants, the fixed vocabulary); rng: base PRNG key (per-step keys
+  are ``fold_in(rng, step)``, so a resumed run draws the same samples).
+  """
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  model_state: Any
+  rng: jnp.ndarray
+
+
+def create_state(variables: Dict[str, Any], tx: optax.GradientTransformation, rng) -> TrainState:
+  """Wraps initial variables into a TrainState."""
+  variables = dict(variables)
+  params = variables.pop('params')
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=variables, rng=rng)
+
+
+def make_train_step(model: ZSIModel, tx: optax.GradientTransformation, mutable_stats: bool):
+  """Returns ``step(state, batch, class_vectors, class_valid) -> (state, metrics)``.
+
+  Args:
+    model: the ZSI model.
+    tx: the optimiser (frozen parameters already masked out).
+    mutable_stats: True when the backbone uses trainable BatchNorm whose
+      running statistics are updated in training.
+  """
+
+  def step(state: TrainState, batch, class_vectors, class_valid):
+    key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      variables = {'params': params, **state.model_state}
+      if mutable_stats:
+        (terms, aux), updates = model.apply(variables, batch, class_vectors, class_valid, key,
+                                            True, method=ZSIModel.losses, mutable=['batch_stats'])
+      else:
+        terms, aux = model.apply(variables, batch, class_vectors, class_valid, key, True,
+                                 method=ZSIModel.losses)
+        updates = {}
+      return terms['total'], (terms, aux, updates)
+
+    (_, (terms, aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    model_state = {**state.model_state, **updates}
+
+    finite = jnp.isfinite(grad_norm)
+    for v in terms.values():
+      finite &= jnp.isfinite(v)
+    # Keep the last good state on a non-finite step; the host stops the run.
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + finite.astype(jnp.int32),
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        model_state=keep(model_state, state.model_state))
+    metrics = dict(terms, **{k: v.astype(jnp.float32) for k, v in aux.items()},
+                   grad_norm=grad_norm, finite=finite)
+    return new_state, metrics
+
+  return step
