@@ -5,7 +5,7 @@ Convention (that of torchvision's ``AnchorGenerator``): for a level with stride
 ``w = z / sqrt(r)``, ``h = z * sqrt(r)``; the base anchor
 ``round([-w/2, -h/2, w/2, h/2])`` is shifted to every location ``(x*s, y*s)``
 (the top-left corner of the cell, not its centre). Anchors are ordered by
-location row-major over the NHWC feature map, then by ratio, so a head output
+location row-major over the NHWC feature map, then by ratio, then by scale, so a head output
 ``[H_l, W_l, A]`` reshaped to ``[-1]`` lines up with them.
 """
 from __future__ import annotations
@@ -47,7 +47,8 @@ def generate_anchors(image_hw: Sequence[int], strides: Sequence[int] = (4, 8, 16
   """
   out = []
   for (fh, fw), s in zip(feature_sizes(image_hw, strides), strides):
-    base = np.concatenate([base_anchors(sc * s, ratios) for sc in scales], axis=0)
+    # Ratio-major, scale-minor, as torchvision orders the base anchors.
+    base = np.concatenate([base_anchors(sc * s, [r]) for r in ratios for sc in scales], axis=0)
     ys, xs = np.meshgrid(np.arange(fh, dtype=np.float32) * s,
                          np.arange(fw, dtype=np.float32) * s, indexing='ij')
     shifts = np.stack([xs, ys, xs, ys], axis=-1).reshape(-1, 1, 4)
