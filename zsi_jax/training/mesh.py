@@ -12,7 +12,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 def make_mesh() -> Mesh:
   """A ('data',) mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',))
+  # Auto axes: XLA propagates the batch sharding through the model; explicit
+  # sharding types would require annotating every reshape.
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
