@@ -1,0 +1,252 @@
+"""COCO-format data -> fixed-shape batches (the batch dict of docs/INTERFACES.md).
+
+Order is a pure function of (seed, step): the global batch of step ``s`` holds
+positions ``s*B .. s*B+B-1`` of an endless stream of seeded per-epoch
+permutations, and each process takes its own contiguous slice of it. A run
+resumed at step ``s`` therefore sees exactly the batches it would have seen.
+Decoding runs on a thread pool.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+def load_coco(ann_file: str, image_dir: str, cat_ids: Sequence[int]) -> Tuple[List[dict], dict]:
+  """Reads a COCO annotation file into per-image records.
+
+  Args:
+    ann_file: COCO instances json.
+    image_dir: folder of the images.
+    cat_ids: the dataset category ids in class order (label k = cat_ids[k]).
+  Returns:
+    (records, counts): records hold file, image_id, height, width and
+    ``anns`` (box xyxy, label, crowd, segmentation); counts report what was
+    skipped and why.
+  """
+  try:
+    with open(ann_file) as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'annotation file not found: {ann_file}') from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{ann_file} is not valid JSON: {e}') from e
+  for key in ('images', 'annotations'):
+    if key not in data:
+      raise ValueError(f'{ann_file}: missing top-level key {key!r}')
+  label_of = {int(c): k for k, c in enumerate(cat_ids)}
+  counts = dict(other_category=0, degenerate_box=0)
+  by_image = {}
+  for im in data['images']:
+    for key in ('id', 'file_name', 'height', 'width'):
+      if key not in im:
+        raise ValueError(f'{ann_file}: image entry {im.get("id", "?")} lacks {key!r}')
+    by_image[im['id']] = dict(file=os.path.join(image_dir, im['file_name']), image_id=im['id'],
+                              height=im['height'], width=im['width'], anns=[])
+  for a in data['annotations']:
+    aid = a.get('id', '?')
+    for key in ('image_id', 'category_id', 'bbox'):
+      if key not in a:
+        raise ValueError(f'{ann_file}: annotation {aid} lacks {key!r}')
+    if a['image_id'] not in by_image:
+      raise ValueError(f'{ann_file}: annotation {aid} refers to unknown image {a["image_id"]}')
+    if a['category_id'] not in label_of:
+      counts['other_category'] += 1
+      continue
+    rec = by_image[a['image_id']]
+    x, y, w, h = a['bbox']
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + w, rec['width']), min(y + h, rec['height'])
+    if x2 - x1 < 1 or y2 - y1 < 1:
+      counts['degenerate_box'] += 1  # zero-area or outside the image: skipped, counted
+      continue
+    rec['anns'].append(dict(box=(x1, y1, x2, y2), label=label_of[a['category_id']],
+                            crowd=bool(a.get('iscrowd', 0)), segmentation=a.get('segmentation')))
+  return list(by_image.values()), counts
+
+
+def decode_mask(seg, h: int, w: int, where: str) -> np.ndarray:
+  """COCO segmentation (polygons, RLE or compressed RLE) -> [h, w] uint8."""
+  if seg is None:
+    raise ValueError(f'{where}: no segmentation')
+  if isinstance(seg, list):
+    polys = [p for p in seg if len(p) >= 6]
+    if not polys:
+      raise ValueError(f'{where}: degenerate polygon (fewer than 3 points)')
+    rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+  elif isinstance(seg.get('counts'), list):
+    rle = mask_utils.frPyObjects(seg, h, w)
+  else:
+    rle = dict(seg)
+    if isinstance(rle['counts'], str):
+      rle['counts'] = rle['counts'].encode('ascii')
+  return mask_utils.decode(rle)
+
+
+def resize_scale(h: int, w: int, scale: Tuple[int, int]) -> float:
+  """Keep-ratio factor so the short side <= scale[0] and the long side <= scale[1]."""
+  short_max, long_max = min(scale), max(scale)
+  return min(short_max / min(h, w), long_max / max(h, w))
+
+
+def crop_mask(mask: np.ndarray, box, size: int) -> np.ndarray:
+  """Crops ``mask`` to ``box`` (xyxy, original pixels) and resizes to size x size (uint8)."""
+  x1, y1, x2, y2 = box
+  c0, r0 = int(np.floor(x1)), int(np.floor(y1))
+  c1, r1 = max(int(np.ceil(x2)), c0 + 1), max(int(np.ceil(y2)), r0 + 1)
+  crop = mask[r0:r1, c0:c1].astype(np.float32)
+  img = Image.fromarray(crop).resize((size, size), Image.BILINEAR)
+  return (np.asarray(img) >= 0.5).astype(np.uint8)
+
+
+def make_example(rec: dict, image_size: Tuple[int, int], scale: Tuple[int, int],
+                 max_instances: int, mask_size: int, flip: bool) -> Dict[str, np.ndarray]:
+  """One record -> fixed-shape arrays (see the batch table in docs/INTERFACES.md)."""
+  try:
+    with Image.open(rec['file']) as im:
+      img = np.asarray(im.convert('RGB'))
+  except FileNotFoundError:
+    raise FileNotFoundError(f'image {rec["image_id"]}: file not found: {rec["file"]}') from None
+  except OSError as e:
+    raise ValueError(f'image {rec["image_id"]}: cannot decode {rec["file"]}: {e}') from e
+  h, w = img.shape[:2]
+  s = resize_scale(h, w, scale)
+  nh, nw = min(int(round(h * s)), image_size[0]), min(int(round(w * s)), image_size[1])
+  img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), np.float32)
+  if flip:
+    img = img[:, ::-1]
+  canvas = np.zeros(tuple(image_size) + (3,), np.float32)
+  canvas[:nh, :nw] = (img - MEAN) / STD
+
+  g = max_instances
+  boxes = np.zeros((g, 4), np.float32)
+  classes = np.full((g,), -1, np.int32)
+  crowd = np.zeros((g,), bool)
+  valid = np.zeros((g,), bool)
+  masks = np.zeros((g, mask_size, mask_size), np.uint8)
+  anns = rec['anns']
+  # Keep the largest instances when there are more than G; the rest are counted.
+  if len(anns) > g:
+    anns = sorted(anns, key=lambda a: -(a['box'][2] - a['box'][0]) * (a['box'][3] - a['box'][1]))
+  for i, a in enumerate(anns[:g]):
+    x1, y1, x2, y2 = a['box']
+    full = decode_mask(a['segmentation'], h, w, f'image {rec["image_id"]}')
+    m = crop_mask(full, a['box'], mask_size)
+    b = np.array([x1, y1, x2, y2], np.float32) * s
+    if flip:
+      b = np.array([nw - b[2], b[1], nw - b[0], b[3]], np.float32)
+      m = m[:, ::-1]
+    boxes[i], classes[i], crowd[i], valid[i], masks[i] = b, a['label'], a['crowd'], True, m
+  return dict(image=canvas, gt_boxes=boxes, gt_classes=classes, gt_crowd=crowd, gt_masks=masks,
+              gt_valid=valid, image_id=np.int64(rec['image_id']),
+              orig_hw=np.array([h, w], np.int32), input_hw=np.array([nh, nw], np.int32),
+              scale=np.float32(s), flipped=np.bool_(flip),
+              num_dropped=np.int32(max(len(rec['anns']) - g, 0)))
+
+
+def _stack(examples):
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class Loader:
+  """Batches of one COCO split.
+
+  Args:
+    records: from :func:`load_coco`.
+    batch_size: GLOBAL batch size; this process yields its slice.
+    image_size, scale, max_instances, mask_size: see the config.
+    train: shuffle (seeded per epoch) and flip; else sequential, one pass,
+      last batch padded with empty images (image_id -1).
+    seed: data order seed.
+    process_index, process_count: multi-host slice (defaults: jax's).
+    num_threads: decoding threads.
+  """
+
+  def __init__(self, records, batch_size, image_size, scale, max_instances, mask_size,
+               train, seed=0, process_index=None, process_count=None, num_threads=2):
+    import jax
+    self.records = records
+    if not records:
+      raise ValueError('the dataset has no images')
+    self.batch_size = batch_size
+    self.kw = dict(image_size=tuple(image_size), scale=tuple(scale),
+                   max_instances=max_instances, mask_size=mask_size)
+    self.train = train
+    self.seed = seed
+    self.pi = jax.process_index() if process_index is None else process_index
+    self.pc = jax.process_count() if process_count is None else process_count
+    if batch_size % self.pc:
+      raise ValueError(f'batch size {batch_size} is not divisible by {self.pc} processes')
+    self.local = batch_size // self.pc
+    self.pool = concurrent.futures.ThreadPoolExecutor(max(num_threads, 1))
+    # A separate single thread prefetches the next batch (it waits on self.pool,
+    # so it must not occupy one of that pool's workers).
+    self.prefetch = concurrent.futures.ThreadPoolExecutor(1)
+    self.dropped = 0
+
+  @property
+  def steps_per_epoch(self):
+    return -(-len(self.records) // self.batch_size)
+
+  def _train_positions(self, step):
+    n = len(self.records)
+    pos = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+    pos = pos[self.pi * self.local:(self.pi + 1) * self.local]
+    out = []
+    for p in pos:
+      epoch, i = divmod(int(p), n)
+      perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+      out.append((perm[i], np.random.default_rng([self.seed, epoch, i]).random() < 0.5))
+    return out
+
+  def batch(self, step: int) -> Dict[str, np.ndarray]:
+    """This process's slice of the global batch at ``step`` (training order)."""
+    items = self._train_positions(step)
+    ex = list(self.pool.map(lambda it: make_example(self.records[it[0]], flip=it[1], **self.kw),
+                            items))
+    self._count(ex)
+    return _stack(ex)
+
+  def _count(self, ex):
+    d = int(sum(e['num_dropped'] for e in ex))
+    if d:
+      self.dropped += d
+      logging.warning('%d instances beyond max_instances=%d were cut from this batch '
+                      '(%d so far)', d, self.kw['max_instances'], self.dropped)
+
+  def train_iterator(self, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+    step = start_step
+    nxt = self.prefetch.submit(self.batch, step)
+    while True:
+      cur = nxt.result()
+      step += 1
+      nxt = self.prefetch.submit(self.batch, step)
+      yield cur
+
+  def eval_iterator(self) -> Iterator[Dict[str, np.ndarray]]:
+    """One pass in file order; each process gets its slice of every global batch."""
+    n = len(self.records)
+    for start in range(0, n, self.batch_size):
+      idx = list(range(start, min(start + self.batch_size, n)))
+      idx = idx[self.pi * self.local:(self.pi + 1) * self.local]
+      ex = list(self.pool.map(lambda i: make_example(self.records[i], flip=False, **self.kw), idx))
+      while len(ex) < self.local:  # pad the last batch: fixed shapes, image_id -1
+        blank = {k: np.zeros_like(v) for k, v in (ex[0] if ex else self._blank()).items()}
+        blank['image_id'] = np.int64(-1)
+        blank['gt_classes'] = np.full_like(blank['gt_classes'], -1)
+        ex.append(blank)
+      self._count(ex)
+      yield _stack(ex)
+
+  def _blank(self):
+    return make_example(self.records[0], flip=False, **self.kw)
