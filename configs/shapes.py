@@ -37,6 +37,7 @@ def get_config():
   c.optim = dict(learning_rate=0.02, momentum=0.9, weight_decay=1e-4, clip_norm=35.0,
                  warmup_steps=100, warmup_ratio=1.0 / 3, decay_epochs=(8, 11), decay_factor=0.1)
   c.num_epochs = 12
+  c.total_steps = 0                      # > 0 overrides num_epochs
   c.log_every = 20
   c.checkpoint_every = 500
   c.keep_checkpoints = 3

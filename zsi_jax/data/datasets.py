@@ -1,0 +1,79 @@
+"""A prepared dataset on disk: split definition, class vectors, annotation files.
+
+Layout (written by data_prep/make_shapes.py; COCO splits use the same):
+``ROOT/split.json`` ({name, seen, unseen, category_ids, vectors}),
+``ROOT/annotations/{train,val,test_zsi,test_gzsi}.json``, ``ROOT/images/``,
+``ROOT/<vector file>`` in the authors' format (D rows x 1+K columns,
+column 0 = background, then seen then unseen classes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import List
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+  root: str
+  seen: List[str]
+  unseen: List[str]
+  category_ids: dict
+  vectors: np.ndarray      # [S + U, D] in seen-then-unseen order
+  background: np.ndarray   # [D]
+
+  @property
+  def names(self):
+    return self.seen + self.unseen
+
+  def cat_ids(self, names):
+    return [self.category_ids[n] for n in names]
+
+  def vectors_of(self, names):
+    idx = [self.names.index(n) for n in names]
+    return self.vectors[idx]
+
+  def annotation_file(self, split):
+    return os.path.join(self.root, 'annotations', f'{split}.json')
+
+  @property
+  def image_dir(self):
+    return os.path.join(self.root, 'images')
+
+
+def read_vector_file(path: str, num_classes: int):
+  """Authors' format -> (vectors [K, D], background [D]); checks the column count."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'class-vector file not found: {path}')
+  try:
+    mat = np.loadtxt(path, delimiter=',', dtype=np.float64, ndmin=2)
+  except ValueError as e:
+    raise ValueError(f'{path}: not a comma-separated matrix of numbers: {e}') from e
+  if mat.shape[1] != num_classes + 1:
+    raise ValueError(f'{path}: {mat.shape[1]} columns, but the split has {num_classes} classes '
+                     f'(+1 background column expected = {num_classes + 1})')
+  if not np.all(np.isfinite(mat)):
+    raise ValueError(f'{path}: contains NaN or inf')
+  return mat[:, 1:].T.astype(np.float32), mat[:, 0].astype(np.float32)
+
+
+def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
+  """Reads ``root/split.json`` and the chosen vector file."""
+  path = os.path.join(root, 'split.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: generate the dataset first '
+                            f'(python data_prep/make_shapes.py --out {root})')
+  with open(path) as f:
+    split = json.load(f)
+  for key in ('seen', 'unseen', 'category_ids'):
+    if key not in split:
+      raise ValueError(f'{path}: missing {key!r}')
+  missing = [n for n in split['seen'] + split['unseen'] if n not in split['category_ids']]
+  if missing:
+    raise ValueError(f'{path}: no category id for {missing}')
+  vecs, bg = read_vector_file(os.path.join(root, vectors), len(split['seen']) + len(split['unseen']))
+  return DatasetInfo(root=root, seen=split['seen'], unseen=split['unseen'],
+                     category_ids=split['category_ids'], vectors=vecs, background=bg)
