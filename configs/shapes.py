@@ -29,8 +29,10 @@ def get_config():
   m.rpn.pre_nms_topk_test = 300
   m.rpn.post_nms_topk_test = 300
   m.roi_sampling.num_samples = 64
-  m.mask_head.max_rois_per_image = 16
-  m.mask_head.channels = 64
+  # The mask head dominates the CPU step time (4 convs + E/D at 28x28 per RoI):
+  # 8 RoIs per image and 32 channels take a step from 1.9 s to 0.3 s.
+  m.mask_head.max_rois_per_image = 8
+  m.mask_head.channels = 32
   m.box_head.fc_dim = 256
   m.test.max_detections = 50
   c.model = m
