@@ -88,7 +88,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   init_rng, state_rng = jax.random.split(rng)
   variables = init_variables(model, init_rng, tuple(data['image_size']),
                              vocabulary=data.get('vocabulary'))
-  tx, schedule = make_optimizer(config, steps_per_epoch,
+  # With an explicit total_steps the epoch-based schedule (warm-up aside) is
+  # stretched to it, so decays still fall at the same fractions of training.
+  sched_epoch = total_steps / config.num_epochs if config.get('total_steps') else steps_per_epoch
+  tx, schedule = make_optimizer(config, sched_epoch,
                                 trainable_mask(variables['params'], config.model))
   repl = mesh_lib.replicated(mesh)
   state = jax.device_put(create_state(variables, tx, state_rng), repl)
