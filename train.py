@@ -26,7 +26,7 @@ def main(_):
   logging.getLogger().setLevel(logging.INFO)
   config = FLAGS.config
   info = datasets.load_dataset(config.data.root, config.data.vectors)
-  records, counts = load_coco(info.annotation_file('train'), info.image_dir,
+  records, counts = load_coco(info.annotation_file('train'), info.image_dir('train'),
                               info.cat_ids(info.seen))
   logging.info('train: %d images; skipped annotations: %s', len(records), counts)
   d = config.data

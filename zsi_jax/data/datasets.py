@@ -24,6 +24,7 @@ class DatasetInfo:
   category_ids: dict
   vectors: np.ndarray      # [S + U, D] in seen-then-unseen order
   background: np.ndarray   # [D]
+  image_dirs: dict = dataclasses.field(default_factory=dict)  # split -> folder (COCO)
 
   @property
   def names(self):
@@ -39,8 +40,11 @@ class DatasetInfo:
   def annotation_file(self, split):
     return os.path.join(self.root, 'annotations', f'{split}.json')
 
-  @property
-  def image_dir(self):
+  def image_dir(self, split: str = 'train') -> str:
+    """Image folder of an annotation split ('train' or a test split)."""
+    if self.image_dirs:
+      key = 'train' if split == 'train' else 'test'
+      return os.path.join(self.root, self.image_dirs[key])
     return os.path.join(self.root, 'images')
 
 
@@ -76,4 +80,5 @@ def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
     raise ValueError(f'{path}: no category id for {missing}')
   vecs, bg = read_vector_file(os.path.join(root, vectors), len(split['seen']) + len(split['unseen']))
   return DatasetInfo(root=root, seen=split['seen'], unseen=split['unseen'],
-                     category_ids=split['category_ids'], vectors=vecs, background=bg)
+                     category_ids=split['category_ids'], vectors=vecs, background=bg,
+                     image_dirs=split.get('image_dirs', {}))

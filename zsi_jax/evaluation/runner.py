@@ -58,7 +58,7 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
   cat_ids = info.cat_ids(targets)
 
   ann_file = info.annotation_file(SETTINGS[setting])
-  records, _ = load_coco(ann_file, info.image_dir, cat_ids)
+  records, _ = load_coco(ann_file, info.image_dir(SETTINGS[setting]), cat_ids)
   d = config.data
   loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
                   train=False, process_index=0, process_count=1)

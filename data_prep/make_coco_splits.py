@@ -1,0 +1,72 @@
+"""COCO 2014 -> zero-shot train / ZSI test / GZSI test annotation files.
+
+python data_prep/make_coco_splits.py --coco-root DIR --split 48_17|65_15|custom.json [--out DIR]
+Reads DIR/annotations/instances_{train,val}2014.json and writes, under --out
+(default DIR/zsi_<split>): annotations/{train,test_zsi,test_gzsi}.json, split.json and the
+shipped word2vec class-vector file of the split (custom splits: pass --vectors).
+Training images are read from --train-images (default DIR/train2014), test images
+from --val-images (default DIR/val2014); split.json records both.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from zsi_jax.data import splits  # noqa: E402
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      'zsi_jax', 'assets', 'coco_zsi')
+
+
+def read_json(path):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'not found: {path}')
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON: {e}') from e
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument('--coco-root', required=True)
+  p.add_argument('--split', required=True)
+  p.add_argument('--out')
+  p.add_argument('--train-json', default='annotations/instances_train2014.json')
+  p.add_argument('--val-json', default='annotations/instances_val2014.json')
+  p.add_argument('--train-images', default='train2014')
+  p.add_argument('--val-images', default='val2014')
+  p.add_argument('--vectors', help='class-vector file (authors\' format) for a custom split')
+  a = p.parse_args(argv)
+  name, seen, unseen = splits.get_split(a.split)
+  out = a.out or os.path.join(a.coco_root, f'zsi_{name}')
+  train = read_json(os.path.join(a.coco_root, a.train_json))
+  val = read_json(os.path.join(a.coco_root, a.val_json))
+  tr, zsi, gzsi, counts = splits.make_zero_shot_splits(train, val, seen, unseen,
+                                                       (a.train_json, a.val_json))
+  os.makedirs(os.path.join(out, 'annotations'), exist_ok=True)
+  for fname, d in (('train', tr), ('test_zsi', zsi), ('test_gzsi', gzsi)):
+    with open(os.path.join(out, 'annotations', f'{fname}.json'), 'w') as f:
+      json.dump(d, f)
+  vec_src = a.vectors or os.path.join(ASSETS, f'word_w2v_withbg_{name}.txt')
+  if not os.path.exists(vec_src):
+    raise FileNotFoundError(f'no class-vector file for split {name!r}: pass --vectors')
+  shutil.copy(vec_src, os.path.join(out, 'class_vectors.txt'))
+  cat_ids = {c['name']: c['id'] for c in gzsi['categories']}
+  with open(os.path.join(out, 'split.json'), 'w') as f:
+    json.dump(dict(name=name, seen=seen, unseen=unseen, category_ids=cat_ids,
+                   vectors={'semantic': 'class_vectors.txt'},
+                   image_dirs={'train': os.path.abspath(os.path.join(a.coco_root, a.train_images)),
+                               'test': os.path.abspath(os.path.join(a.coco_root, a.val_images))}),
+              f, indent=1)
+  for k, v in counts.items():
+    print(f'{k}: {v}')
+  return counts
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,58 @@
+"""The whole model can fit two small images: the loss collapses and the trained
+model then detects and segments the training objects."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from zsi_jax.data import input_pipeline as ip
+from zsi_jax.data import shapes
+from zsi_jax.modeling.zsi import ZSIModel, init_variables
+from zsi_jax.ops.boxes import box_iou
+from zsi_jax.ops.postprocess import paste_masks
+from zsi_jax.training.optimizer import make_optimizer
+from zsi_jax.training.train_step import create_state, make_train_step
+
+
+@pytest.mark.slow
+def test_overfit_two_images(tmp_path):
+  cfg = shapes.ShapesConfig(seed=1, image_size=64, num_train=2, num_val=0, num_test=0,
+                            max_instances=2, min_radius=9, max_radius=14, vector_dim=16)
+  shapes.generate(str(tmp_path), cfg, log=lambda *_: None)
+  from zsi_jax.data import datasets
+  info = datasets.load_dataset(str(tmp_path))
+  recs, _ = ip.load_coco(info.annotation_file('train'), info.image_dir('train'), info.cat_ids(info.seen))
+  batch = ip._stack([ip.make_example(r, (64, 64), (64, 64), 4, 28, False) for r in recs])
+  c = tiny.get_config()
+  c.optim.update(learning_rate=0.02, warmup_steps=20, decay_epochs=(1.0,))
+  c.model.test.score_threshold = 0.3
+  model = ZSIModel(c.model, tuple(info.background.tolist()))
+  variables = init_variables(model, jax.random.PRNGKey(0), (64, 64))
+  tx, _ = make_optimizer(c, steps_per_epoch=10_000)
+  state = create_state(variables, tx, jax.random.PRNGKey(1))
+  vecs = jnp.asarray(info.vectors_of(info.seen))
+  valid = jnp.ones((vecs.shape[0],), bool)
+  step = jax.jit(make_train_step(model, tx, False))
+  b = {k: jnp.asarray(v) for k, v in batch.items()}
+  losses = []
+  for _ in range(300):
+    state, m = step(state, b, vecs, valid)
+    losses.append(float(m['total']))
+  assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:3]), (losses[:3], losses[-10:])
+
+  det = model.apply({'params': state.params, **state.model_state}, b['image'], b['input_hw'],
+                    vecs, valid, method=ZSIModel.detect)
+  for i in range(len(recs)):
+    ok = np.asarray(det['valid'][i])
+    assert ok.any()
+    boxes = np.asarray(det['boxes'][i])[ok]
+    masks = paste_masks(np.asarray(det['masks'][i])[ok], boxes, (64, 64))
+    gt_ok = batch['gt_valid'][i]
+    gt_masks = paste_masks(batch['gt_masks'][i][gt_ok].astype(np.float32),
+                           batch['gt_boxes'][i][gt_ok], (64, 64))
+    for g in range(gt_ok.sum()):
+      ious = [(m & gt_masks[g]).sum() / max((m | gt_masks[g]).sum(), 1) for m in masks]
+      best = int(np.argmax(ious))
+      assert ious[best] > 0.7, (i, g, ious)
+      assert int(det['classes'][i][ok][best]) == int(batch['gt_classes'][i][g])
