@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, generate ZSI-Shapes, train, evaluate (ZSI and GZSI).
-# Override the training length with STEPS=N (default: the config's schedule).
+# Override the training length with STEPS=N (default: the config's 1000 steps).
 set -euo pipefail
 cd "$(dirname "$0")"
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
@@ -9,5 +9,5 @@ DATA=data/generated/zsi_shapes
 WORKDIR=${WORKDIR:-runs/shapes}
 [ -f "$DATA/split.json" ] || python data_prep/make_shapes.py --out "$DATA"
 python train.py --config configs/shapes.py --workdir "$WORKDIR" \
-  --config.data.root="$DATA" --config.total_steps="${STEPS:-0}"
+  --config.data.root="$DATA" ${STEPS:+--config.total_steps="$STEPS"}
 python eval.py --workdir "$WORKDIR" --split zsi,gzsi

@@ -34,12 +34,15 @@ def get_config():
   m.mask_head.max_rois_per_image = 8
   m.mask_head.channels = 32
   m.box_head.fc_dim = 256
-  m.test.max_detections = 50
+  m.test.max_detections = 100           # the protocol's Recall@100
   c.model = m
   c.optim = dict(learning_rate=0.02, momentum=0.9, weight_decay=1e-4, clip_norm=35.0,
                  warmup_steps=100, warmup_ratio=1.0 / 3, decay_epochs=(8, 11), decay_factor=0.1)
   c.num_epochs = 12
-  c.total_steps = 0                      # > 0 overrides num_epochs
+  # 1000 steps (4 epochs of 2,000 images; ~7 min on 2 CPU cores) with the
+  # 12-epoch schedule's shape (decay at 8/12 and 11/12 of the run). Transfer
+  # to unseen classes is already clear by step 500 (docs/RESULTS.md).
+  c.total_steps = 1000                   # > 0 overrides num_epochs
   c.log_every = 20
   c.checkpoint_every = 500
   c.keep_checkpoints = 3

@@ -1,6 +1,6 @@
 """The whole model can fit two small images: the loss collapses and the trained
-model then detects and segments the training objects (IoU > 0.5, the
-protocol's match criterion)."""
+model then detects (box IoU > 0.6, right class) and segments (mask IoU > 0.7)
+the training objects."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +29,8 @@ def test_overfit_two_images(tmp_path):
   # lr 0.02 (the shapes config's) is too high for heads this narrow: the
   # reconstruction losses then collapse the box-head features to a constant
   # and classification stalls at the label entropy (README, "Reconstruction
-  # collapse"). 0.005 and 32 mask channels fit.
-  c.optim.update(learning_rate=0.005, warmup_steps=20, decay_epochs=(1.0,))
+  # collapse"). 0.01 and 32 mask channels fit.
+  c.optim.update(learning_rate=0.01, warmup_steps=20, decay_epochs=(1.0,))
   c.model.mask_head.channels = 32
   c.model.test.score_threshold = 0.3
   model = ZSIModel(c.model, tuple(info.background.tolist()))
@@ -42,10 +42,10 @@ def test_overfit_two_images(tmp_path):
   step = jax.jit(make_train_step(model, tx, False))
   b = {k: jnp.asarray(v) for k, v in batch.items()}
   losses = []
-  for _ in range(400):
+  for _ in range(600):
     state, m = step(state, b, vecs, valid)
     losses.append(float(m['total']))
-  assert np.mean(losses[-10:]) < 0.15 * np.mean(losses[:3]), (losses[:3], losses[-10:])
+  assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:3]), (losses[:3], losses[-10:])
 
   det = model.apply({'params': state.params, **state.model_state}, b['image'], b['input_hw'],
                     vecs, valid, method=ZSIModel.detect)
@@ -60,8 +60,8 @@ def test_overfit_two_images(tmp_path):
     box_ious = np.asarray(box_iou(jnp.asarray(batch['gt_boxes'][i][gt_ok]), jnp.asarray(boxes)))
     for g in range(gt_ok.sum()):
       best = int(np.argmax(box_ious[g]))
-      assert box_ious[g, best] > 0.5, (i, g, box_ious[g])
+      assert box_ious[g, best] > 0.6, (i, g, box_ious[g])
       assert int(det['classes'][i][ok][best]) == int(batch['gt_classes'][i][g])
       m = masks[best]
       mask_iou = (m & gt_masks[g]).sum() / max((m | gt_masks[g]).sum(), 1)
-      assert mask_iou > 0.5, (i, g, mask_iou)
+      assert mask_iou > 0.7, (i, g, mask_iou)
