@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -25,6 +25,9 @@ class DatasetInfo:
   vectors: np.ndarray      # [S + U, D] in seen-then-unseen order
   background: np.ndarray   # [D]
   image_dirs: dict = dataclasses.field(default_factory=dict)  # split -> folder (COCO)
+  # A gensim-loadable word-vector file that gives any class name a vector
+  # (ZSI-Shapes writes its per-word vectors); None when the dataset has none.
+  word_vectors: Optional[str] = None
 
   @property
   def names(self):
@@ -81,4 +84,6 @@ def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
   vecs, bg = read_vector_file(os.path.join(root, vectors), len(split['seen']) + len(split['unseen']))
   return DatasetInfo(root=root, seen=split['seen'], unseen=split['unseen'],
                      category_ids=split['category_ids'], vectors=vecs, background=bg,
-                     image_dirs=split.get('image_dirs', {}))
+                     image_dirs=split.get('image_dirs', {}),
+                     word_vectors=(os.path.join(root, split['word_vectors'])
+                                   if split.get('word_vectors') else None))

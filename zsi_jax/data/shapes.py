@@ -168,6 +168,17 @@ def class_vectors(names: Sequence[str], dim: int, seed: int, kind: str = 'semant
   return vecs.astype(np.float32), vecs.mean(0).astype(np.float32)
 
 
+def write_word2vec_text(path: str, vectors: Dict[str, np.ndarray]):
+  """Writes ``{word: [D]}`` in word2vec's text format (gensim-loadable), so any
+  "<color> <shape>" name, seen, unseen or never generated, gets its vector the
+  way COCO names get theirs from a word2vec file."""
+  dim = len(next(iter(vectors.values())))
+  with open(path, 'w') as f:
+    f.write(f'{len(vectors)} {dim}\n')
+    for w, v in vectors.items():
+      f.write(w + ' ' + ' '.join(f'{x:.9e}' for x in v) + '\n')
+
+
 def write_vector_file(path: str, vectors: np.ndarray, background: np.ndarray):
   """The authors' format: D rows x (1 + K) comma-separated columns, column 0 = background."""
   mat = np.concatenate([background[:, None], vectors.T], axis=1)
@@ -186,7 +197,8 @@ def generate(out_dir: str, cfg: ShapesConfig = ShapesConfig(), log=print) -> Dic
   """Writes the dataset; returns the summary of counts.
 
   Layout: images/*.png; annotations/{train,val,test_zsi,test_gzsi}.json;
-  class_vectors{,_onehot,_random}.txt; split.json.
+  class_vectors{,_onehot,_random}.txt; word_vectors.txt (the per-word vectors,
+  word2vec text format); split.json.
   """
   rng = np.random.default_rng(cfg.seed)
   seen, unseen = default_split()
@@ -243,8 +255,12 @@ def generate(out_dir: str, cfg: ShapesConfig = ShapesConfig(), log=print) -> Dic
     vecs, bg = class_vectors(order, cfg.vector_dim, cfg.seed, kind)
     files[kind] = f'class_vectors{suffix}.txt'
     write_vector_file(os.path.join(out_dir, files[kind]), vecs, bg)
+  words = sorted({w for n in all_names for w in n.split()})
+  write_word2vec_text(os.path.join(out_dir, 'word_vectors.txt'),
+                      word_vectors(words, cfg.vector_dim, cfg.seed))
   split_info = dict(name='zsi_shapes', seen=seen, unseen=unseen,
                     category_ids={n: cat_id[n] for n in order}, vectors=files,
+                    word_vectors='word_vectors.txt',
                     image_size=cfg.image_size, seed=cfg.seed)
   with open(os.path.join(out_dir, 'split.json'), 'w') as f:
     json.dump(split_info, f, indent=1)

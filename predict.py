@@ -1,0 +1,124 @@
+"""Segments images with a trained checkpoint: PNG overlays and a COCO results json.
+
+python predict.py --workdir runs/shapes --input photo.png --classes "red star,blue ring"
+python predict.py --workdir runs/shapes --input DIR --classes unseen --out DIR_OUT
+python predict.py --workdir runs/shapes --dataset_split test_zsi --num_images 12 \
+    --classes unseen --grid docs/figure6_unseen.png
+
+--classes: a comma-separated list of class names, or 'unseen', 'seen', 'all'
+(the training dataset's). Names outside the dataset get vectors from the
+dataset's word-vector file or --word_vectors.
+Writes OUT/<image>.png, OUT/results.json (COCO results: bbox, score, RLE
+segmentation in original pixels), OUT/categories.json and OUT/images.json.
+"""
+import json
+import os
+
+from absl import app, flags, logging
+
+flags.DEFINE_string('workdir', None, 'training workdir (config.json + checkpoints/)')
+flags.DEFINE_string('input', '', 'an image file or a folder of images')
+flags.DEFINE_string('dataset_split', '', 'instead of --input: images of this annotation split '
+                    'of the training dataset (e.g. test_zsi)')
+flags.DEFINE_integer('num_images', 0, 'at most this many images (0: all)')
+flags.DEFINE_string('classes', 'all', "class names (comma-separated) or 'unseen'/'seen'/'all'")
+flags.DEFINE_string('word_vectors', '', 'gensim-loadable file for names outside the dataset')
+flags.DEFINE_float('score_threshold', 0.3, 'drop detections below this score')
+flags.DEFINE_integer('checkpoint', None, 'step (default: latest)')
+flags.DEFINE_string('out', '', 'output folder (default: WORKDIR/predictions)')
+flags.DEFINE_string('grid', '', 'also write all pictures as one grid PNG here')
+flags.DEFINE_integer('picture_scale', 2, 'integer upscaling of the pictures')
+flags.mark_flags_as_required(['workdir'])
+FLAGS = flags.FLAGS
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+def list_images(predictor):
+  """[(image_id, path)] from --input or --dataset_split."""
+  if FLAGS.dataset_split:
+    info = predictor.info
+    with open(info.annotation_file(FLAGS.dataset_split)) as f:
+      images = json.load(f)['images']
+    folder = info.image_dir(FLAGS.dataset_split)
+    items = [(im['id'], os.path.join(folder, im['file_name'])) for im in images]
+  elif os.path.isdir(FLAGS.input):
+    files = sorted(f for f in os.listdir(FLAGS.input) if f.lower().endswith(IMAGE_EXTENSIONS))
+    items = [(k + 1, os.path.join(FLAGS.input, f)) for k, f in enumerate(files)]
+  elif FLAGS.input:
+    items = [(1, FLAGS.input)]
+  else:
+    raise app.UsageError('give --input (file or folder) or --dataset_split')
+  if not items:
+    raise app.UsageError(f'no images found in {FLAGS.input or FLAGS.dataset_split}')
+  return items[:FLAGS.num_images] if FLAGS.num_images else items
+
+
+def resolve_classes(info, spec):
+  named = {'unseen': info.unseen, 'seen': info.seen, 'all': info.names}
+  if spec in named:
+    return list(named[spec])
+  return [n.strip() for n in spec.split(',') if n.strip()]
+
+
+def main(_):
+  import numpy as np
+  from pycocotools import mask as mask_utils
+  from tqdm import tqdm
+
+  from zsi_jax import visualize
+  from zsi_jax.inference import Predictor, load_image
+
+  predictor = Predictor.from_checkpoint(FLAGS.workdir, FLAGS.checkpoint,
+                                        word_vectors=FLAGS.word_vectors or None)
+  info = predictor.info
+  classes = resolve_classes(info, FLAGS.classes)
+  vectors = predictor.class_vectors(classes)  # fails early on unknown names
+  next_id = max(info.category_ids.values(), default=0) + 1
+  cat_id = {}
+  for n in classes:
+    if n in info.category_ids:
+      cat_id[n] = int(info.category_ids[n])
+    else:
+      cat_id[n], next_id = next_id, next_id + 1
+  out_dir = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions')
+  os.makedirs(out_dir, exist_ok=True)
+
+  results, images, pictures, captions = [], [], [], []
+  unseen = set(info.unseen) | {n for n in classes if n not in info.names}
+  for image_id, path in tqdm(list_images(predictor), desc='predict'):
+    img = load_image(path)
+    pred = predictor.predict(img, class_names=classes, class_vectors=vectors,
+                             score_threshold=FLAGS.score_threshold)
+    images.append(dict(id=int(image_id), file_name=path, height=img.shape[0], width=img.shape[1]))
+    if len(pred['scores']):
+      rles = mask_utils.encode(np.asfortranarray(pred['masks'].transpose(1, 2, 0).astype(np.uint8)))
+    for i in range(len(pred['scores'])):
+      x1, y1, x2, y2 = (float(v) for v in pred['boxes'][i])
+      rle = dict(rles[i])
+      rle['counts'] = rle['counts'].decode('ascii')
+      results.append(dict(image_id=int(image_id), category_id=cat_id[pred['class_names'][i]],
+                          bbox=[x1, y1, x2 - x1, y2 - y1], score=float(pred['scores'][i]),
+                          segmentation=rle))
+    pic = visualize.draw_predictions(img, pred, unseen=unseen, scale=FLAGS.picture_scale)
+    name = os.path.splitext(os.path.basename(path))[0]
+    pic.save(os.path.join(out_dir, f'{name}.png'))
+    pictures.append(pic)
+    captions.append(name)
+
+  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+    json.dump(results, f)
+  with open(os.path.join(out_dir, 'categories.json'), 'w') as f:
+    json.dump([dict(id=cat_id[n], name=n, unseen=n in unseen) for n in classes], f, indent=1)
+  with open(os.path.join(out_dir, 'images.json'), 'w') as f:
+    json.dump(images, f, indent=1)
+  if FLAGS.grid:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.grid)), exist_ok=True)
+    visualize.grid(pictures, columns=min(4, len(pictures)), captions=captions).save(FLAGS.grid)
+  logging.info('wrote %d detections on %d images to %s', len(results), len(images), out_dir)
+  print(f'{len(results)} detections on {len(images)} images -> {out_dir}'
+        + (f'; grid: {FLAGS.grid}' if FLAGS.grid else ''))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,150 @@
+"""Inference for people: a tiny trained checkpoint -> Predictor, predict.py,
+eval.py and the example notebook; pictures from zsi_jax.visualize."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from zsi_jax import visualize
+from zsi_jax.data import datasets, shapes
+from zsi_jax.data import word_vectors as wv_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+
+
+def _run(args, **kw):
+  r = subprocess.run([sys.executable] + args, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                     **kw)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  return r
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny ZSI-Shapes dataset and a 3-step tiny checkpoint trained on it by train.py."""
+  base = tmp_path_factory.mktemp('tiny')
+  data = str(base / 'data')
+  shapes.generate(data, shapes.ShapesConfig(image_size=64, num_train=8, num_val=2, num_test=4,
+                                            min_radius=8, max_radius=14, vector_dim=16),
+                  log=lambda *_: None)
+  workdir = str(base / 'run')
+  _run(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+        f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3'])
+  return data, workdir
+
+
+def test_predictor_round_trip_and_no_recompilation(trained):
+  from zsi_jax.inference import Predictor
+  data, workdir = trained
+  p = Predictor.from_checkpoint(workdir)
+  info = p.info
+  assert p.step == 3
+  img = np.asarray(Image.open(os.path.join(info.image_dir('test_zsi'),
+                                           sorted(os.listdir(info.image_dir('test_zsi')))[0])))
+  out = p.predict(img, class_names=info.unseen[:3], score_threshold=0.0)
+  n = len(out['scores'])
+  assert out['boxes'].shape == (n, 4) and out['masks'].shape == (n,) + img.shape[:2]
+  assert out['masks'].dtype == bool
+  assert set(out['class_names']) <= set(info.unseen[:3])
+  assert np.all(out['boxes'][:, [0, 2]] <= img.shape[1]) and np.all(out['boxes'] >= 0)
+  assert np.all(np.diff(out['scores']) <= 1e-6)  # sorted by score
+  # Other class lists (size and content) reuse the compiled detector.
+  p.predict(img, class_names=info.seen[:5] + info.unseen[:1])
+  p.predict(img, class_vectors=info.vectors[:7] * 0.5)
+  assert p.compilations() == 1
+
+
+def test_class_names_through_the_word_vector_file(trained):
+  from zsi_jax.inference import Predictor
+  data, workdir = trained
+  info = datasets.load_dataset(data)
+  kv = wv_lib.load_keyed_vectors(info.word_vectors)
+  # ZSI-Shapes' word-vector file gives every class the vector it was trained with.
+  vecs, _ = wv_lib.class_vectors(kv, info.names, norm=shapes.CLASS_NORM)
+  np.testing.assert_allclose(vecs, info.vectors, atol=1e-6)
+  p = Predictor.from_checkpoint(workdir)
+  with pytest.raises(ValueError, match=r"purple star.*orange blob|orange blob.*purple star"):
+    p.class_vectors(['red star', 'purple star', 'orange blob'])
+  with pytest.raises(ValueError, match='duplicates'):
+    p.class_vectors(['red star', 'red star'])
+  with pytest.raises(ValueError, match=r'\[K, 16\]'):
+    p.predict(np.zeros((32, 32, 3), np.uint8), class_vectors=np.ones((2, 5), np.float32))
+
+
+def test_predict_cli_and_eval_results_load_in_pycocotools(trained, tmp_path):
+  data, workdir = trained
+  out = str(tmp_path / 'pred')
+  grid = str(tmp_path / 'grid.png')
+  _run(['predict.py', '--workdir', workdir, '--dataset_split', 'test_zsi', '--classes', 'unseen',
+        '--score_threshold', '0', '--out', out, '--grid', grid])
+  gt = COCO(os.path.join(data, 'annotations', 'test_zsi.json'))
+  pngs = [f for f in os.listdir(out) if f.endswith('.png')]
+  assert len(pngs) == len(gt.getImgIds())
+  for f in pngs:
+    with Image.open(os.path.join(out, f)) as im:
+      assert im.size == (128, 128)  # 64 px images at picture_scale 2
+  with Image.open(grid) as im:
+    assert im.size[0] > 128
+  results = json.load(open(os.path.join(out, 'results.json')))
+  assert results, 'score_threshold 0 keeps detections'
+  dt = gt.loadRes(results)  # ids and RLEs are valid COCO
+  assert set(dt.getCatIds()) <= set(gt.getCatIds())
+
+  _run(['eval.py', '--workdir', workdir, '--split', 'zsi,gzsi'])
+  for setting in ('zsi', 'gzsi'):
+    res = json.load(open(os.path.join(workdir, 'eval', f'{setting}_results.json')))
+    ann = os.path.join(data, 'annotations', f'test_{setting}.json')
+    if res:
+      COCO(ann).loadRes(res)
+    m = json.load(open(os.path.join(workdir, 'eval', f'{setting}_metrics.json')))
+    assert m['images'] == len(gt.getImgIds())
+    for kind in ('box', 'mask'):
+      r = m[kind]['recall@100_iou0.5']
+      assert r != r or 0.0 <= r <= 1.0
+
+
+def test_example_notebook_runs(trained):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  _, workdir = trained
+  nb = nbformat.read(os.path.join(ROOT, 'examples', 'segment_unseen_classes.ipynb'), as_version=4)
+  os.environ['ZSI_WORKDIR'] = workdir
+  try:
+    nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
+                            resources={'metadata': {'path': ROOT}}).execute()
+  finally:
+    del os.environ['ZSI_WORKDIR']
+  with Image.open(os.path.join(workdir, 'notebook_prediction.png')) as im:
+    assert im.size == (64 * 3, 64 * 3)
+  outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
+  assert any('image/png' in o.get('data', {}) for o in outputs), 'the picture is displayed'
+
+
+def test_draw_predictions_marks_masks_and_tells_unseen_apart():
+  # Boxes well below the top edge: each label tag sits above its box.
+  img = np.full((80, 80, 3), 100, np.uint8)
+  masks = np.zeros((2, 80, 80), bool)
+  masks[0, 30:40, 5:15] = True
+  masks[1, 55:70, 40:55] = True
+  pred = dict(boxes=np.array([[5, 30, 15, 40], [40, 55, 55, 70]], np.float32),
+              scores=np.array([0.9, 0.8]), class_names=['red star', 'blue ring'], masks=masks)
+  pic = np.asarray(visualize.draw_predictions(img, pred, unseen={'blue ring'}))
+  color = np.array(visualize.class_color('red star'))
+  assert np.array_equal(pic[35, 5], color)                    # outline: the class colour
+  inside = pic[35, 10].astype(float)                          # fill: blended
+  np.testing.assert_allclose(inside, 0.65 * 100 + 0.35 * color, atol=1)
+  assert np.array_equal(pic[75, 5], [100, 100, 100])          # background untouched
+  # Unseen boxes are 3 px wide, seen ones 1 px.
+  blue = np.array(visualize.class_color('blue ring'))
+  assert np.array_equal(pic[62, 40], blue) and np.array_equal(pic[62, 42], blue)
+  assert np.array_equal(pic[35, 16], [100, 100, 100])
+  square = np.zeros((20, 20), bool)
+  square[5:15, 5:15] = True
+  edges = visualize.mask_outline(square)
+  assert edges.sum() == 36 and not edges[10, 10] and edges[5, 9]

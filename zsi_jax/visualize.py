@@ -1,0 +1,96 @@
+"""Drawing predictions: masks, boxes and labels over an image; grids of pictures.
+
+Unseen classes are told apart from seen ones: their boxes are drawn thicker,
+their labels sit on a white tag and start with ``*``; seen classes get a thin
+box and a dark tag.
+"""
+from __future__ import annotations
+
+import colorsys
+import hashlib
+from typing import Collection, Dict, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def class_color(name: str) -> tuple:
+  """A stable, saturated RGB colour per class name (same colour in every picture)."""
+  h = int(hashlib.md5(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+  r, g, b = colorsys.hsv_to_rgb(h, 0.75, 1.0)
+  return int(r * 255), int(g * 255), int(b * 255)
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+  """[H, W] bool -> the mask's border pixels (in the mask, next to a pixel outside)."""
+  m = np.pad(mask, 1)
+  inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+  return mask & ~inner
+
+
+def draw_predictions(image: np.ndarray, prediction: Dict[str, object],
+                     unseen: Collection[str] = (), alpha: float = 0.35,
+                     scale: int = 1) -> Image.Image:
+  """Overlays one image's predictions.
+
+  Args:
+    image: [H, W, 3] uint8.
+    prediction: ``Predictor.predict`` output: boxes [N, 4] xyxy, scores [N],
+      class_names (N names), masks [N, H, W] bool (optional).
+    unseen: names of classes not seen in training (drawn distinctly).
+    alpha: mask fill opacity (the outline is opaque, so the object's own colour
+      stays visible under the fill).
+    scale: integer upscaling of the picture (small images stay legible).
+  Returns:
+    PIL RGB image of size [scale*H, scale*W].
+  """
+  img = np.asarray(image, np.float32).copy()
+  names = list(prediction['class_names'])
+  masks = prediction.get('masks')
+  # Paint low-score detections first so the confident ones end up on top.
+  order = np.argsort(np.asarray(prediction['scores']))
+  if masks is not None and len(names):
+    for i in order:
+      m = np.asarray(masks[i], bool)
+      color = np.array(class_color(names[i]), np.float32)
+      img[m] = (1 - alpha) * img[m] + alpha * color
+      img[mask_outline(m)] = color
+  pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+  if scale != 1:
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+  draw = ImageDraw.Draw(pil)
+  boxes = np.asarray(prediction['boxes'], np.float32).reshape(-1, 4) * scale
+  scores = np.asarray(prediction['scores'])
+  for i in order:
+    is_unseen = names[i] in unseen
+    color = class_color(names[i])
+    x1, y1, x2, y2 = (float(v) for v in boxes[i])
+    draw.rectangle([x1, y1, x2, y2], outline=color, width=3 if is_unseen else 1)
+    text = f"{'*' if is_unseen else ''}{names[i]} {scores[i]:.2f}"
+    tb = draw.textbbox((x1, y1), text)
+    ty = max(y1 - (tb[3] - tb[1]) - 2, 0)
+    tb = draw.textbbox((x1, ty), text)
+    draw.rectangle([tb[0] - 1, tb[1] - 1, tb[2] + 1, tb[3] + 1],
+                   fill=(255, 255, 255) if is_unseen else (30, 30, 30))
+    draw.text((x1, ty), text, fill=(0, 0, 0) if is_unseen else (255, 255, 255))
+  return pil
+
+
+def grid(pictures: Sequence[Image.Image], columns: int = 4, pad: int = 4,
+         captions: Optional[Sequence[str]] = None) -> Image.Image:
+  """Tiles pictures (all resized to the first one's size) into one image."""
+  if not pictures:
+    raise ValueError('grid needs at least one picture')
+  w, h = pictures[0].size
+  cap = 14 if captions else 0
+  rows = (len(pictures) + columns - 1) // columns
+  out = Image.new('RGB', (columns * (w + pad) + pad, rows * (h + pad + cap) + pad),
+                  (255, 255, 255))
+  draw = ImageDraw.Draw(out)
+  for k, p in enumerate(pictures):
+    r, c = divmod(k, columns)
+    x, y = pad + c * (w + pad), pad + r * (h + pad + cap)
+    out.paste(p.convert('RGB').resize((w, h)), (x, y + cap))
+    if captions:
+      draw.text((x, y), captions[k], fill=(0, 0, 0))
+  return out
