@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 from zsi_jax.data import datasets
 from zsi_jax.data.input_pipeline import Loader, load_coco
-from zsi_jax.training import loop
+from zsi_jax.training import config_check, loop
 
 config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
 flags.DEFINE_string('workdir', None, 'where checkpoints and logs go')
@@ -25,6 +25,8 @@ def main(_):
     jax.distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   config = FLAGS.config
+  # Config mistakes fail here, before any data is read or anything compiled.
+  config_check.validate(config)
   info = datasets.load_dataset(config.data.root, config.data.vectors)
   records, counts = load_coco(info.annotation_file('train'), info.image_dir('train'),
                               info.cat_ids(info.seen))
@@ -35,7 +37,35 @@ def main(_):
   data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
               image_size=tuple(d.image_size))
   loop.train(config, FLAGS.workdir, data, loader.train_iterator, loader.steps_per_epoch,
-             total_steps=config.get('total_steps') or None)
+             total_steps=config.get('total_steps') or None,
+             eval_fn=make_eval_fn(config, info) if config.get('eval_every') else None)
+
+
+def make_eval_fn(config, info):
+  """Periodic evaluation: seen classes on the first ``eval_images`` held-out images
+  (the 'val' split), scored with the paper's protocol; logged as eval/* scalars."""
+  import os
+
+  import jax
+
+  from zsi_jax.evaluation import runner
+  ann = info.annotation_file(runner.SETTINGS['seen'])
+  if not os.path.exists(ann):  # fail now, not hours into training
+    raise FileNotFoundError(f'config.eval_every > 0 needs a held-out split of seen classes: '
+                            f'{ann} not found (ZSI-Shapes writes one; for COCO, set eval_every=0 '
+                            'or add annotations/val.json)')
+
+  def eval_fn(state, step):
+    if jax.process_count() > 1:
+      logging.warning('periodic evaluation runs single-process only; skipped at step %d', step)
+      return {}
+    variables = {'params': state.params, **state.model_state}
+    m = runner.evaluate_variables(config, variables, info, 'seen', step,
+                                  max_images=config.get('eval_images', 0),
+                                  log=lambda *_: None, progress=False)
+    return {f'eval/seen_{kind}_{key}': float(m[kind][key]) for kind in ('box', 'mask')
+            for key in ('recall@100_iou0.5', 'map@0.5')}
+  return eval_fn
 
 
 if __name__ == '__main__':

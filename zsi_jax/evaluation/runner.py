@@ -49,16 +49,41 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
   config = ckpt_lib.load_config(workdir)
   info = datasets.load_dataset(data_root or config.data.root, vectors or config.data.vectors)
   variables, step = restore_variables(workdir, step)
+  return evaluate_variables(config, variables, info, setting, step, scoring,
+                            os.path.join(workdir, 'eval'), log=log)
+
+
+def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: str, step: int,
+                       scoring: Optional[str] = None, out_dir: Optional[str] = None,
+                       max_images: int = 0, log=print, progress: bool = True
+                       ) -> Dict[str, object]:
+  """Runs the model over a test split and scores it (the protocol of REFERENCE.md).
+
+  Args:
+    config: experiment config; variables: model variables.
+    info: the dataset; setting: 'zsi', 'gzsi' or 'seen'; step: for the report.
+    scoring: unseen scoring (default: the config's).
+    out_dir: where ``{setting}_results.json`` / ``{setting}_metrics.json`` go
+      (None: not written).
+    max_images: evaluate only the first N images of the split (0: all), e.g.
+      for periodic evaluation during training.
+  Returns:
+    the metrics dict (see ``format_table``).
+  """
+  if setting not in SETTINGS:
+    raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
   scoring = scoring or config.model.test.scoring
   targets = {'zsi': info.unseen, 'gzsi': info.seen + info.unseen, 'seen': info.seen}[setting]
   model = build_model(config, info.background, len(info.seen))
-  k_max = len(info.names)
+  k_max = max(config.data.get('max_classes', 0) or 0, len(info.names))
   cv, cm = pad_class_vectors(info.vectors_of(targets), k_max)
   sv, sm = pad_class_vectors(info.vectors_of(info.seen), k_max)
   cat_ids = info.cat_ids(targets)
 
   ann_file = info.annotation_file(SETTINGS[setting])
   records, _ = load_coco(ann_file, info.image_dir(SETTINGS[setting]), cat_ids)
+  if max_images:
+    records = records[:max_images]
   d = config.data
   loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
                   train=False, process_index=0, process_count=1)
@@ -68,7 +93,8 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
   results = []
   t_model = t_host = 0.0
   n_images = 0
-  for batch in tqdm(loader.eval_iterator(), total=loader.steps_per_epoch, desc=f'eval {setting}'):
+  for batch in tqdm(loader.eval_iterator(), total=loader.steps_per_epoch, desc=f'eval {setting}',
+                    disable=not progress):
     t0 = time.time()
     det = jax.device_get(detect(variables, batch['image'], batch['input_hw']))
     t1 = time.time()
@@ -82,11 +108,9 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
     t_model += t1 - t0
     t_host += time.time() - t1
 
-  out_dir = os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f'{setting}_results.json'), 'w') as f:
-    json.dump(results, f)
   gt = COCO(ann_file) if log is print else _quiet_coco(ann_file)
+  if max_images:
+    gt = _subset(gt, [r['image_id'] for r in records])
   seen_ids = info.cat_ids(info.seen) if setting == 'gzsi' else None
   box_results = [{k: v for k, v in r.items() if k != 'segmentation'} for r in results]
   metrics = {'setting': setting, 'step': int(step), 'scoring': scoring, 'images': n_images,
@@ -94,10 +118,28 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
              'box': protocol.zsi_metrics(gt, box_results, 'bbox', cat_ids, seen_ids),
              'mask': protocol.zsi_metrics(gt, results, 'segm', cat_ids, seen_ids),
              'seconds_model': t_model, 'seconds_host_postprocess': t_host}
-  with open(os.path.join(out_dir, f'{setting}_metrics.json'), 'w') as f:
-    json.dump(metrics, f, indent=1)
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f'{setting}_results.json'), 'w') as f:
+      json.dump(results, f)
+    with open(os.path.join(out_dir, f'{setting}_metrics.json'), 'w') as f:
+      json.dump(metrics, f, indent=1)
   log(format_table(metrics))
   return metrics
+
+
+def _subset(gt: COCO, image_ids) -> COCO:
+  """A COCO index restricted to ``image_ids`` (for evaluating the first N images)."""
+  keep = set(image_ids)
+  sub = COCO()
+  sub.dataset = dict(gt.dataset)
+  sub.dataset['images'] = [im for im in gt.dataset['images'] if im['id'] in keep]
+  sub.dataset['annotations'] = [a for a in gt.dataset['annotations'] if a['image_id'] in keep]
+  import contextlib
+  import io
+  with contextlib.redirect_stdout(io.StringIO()):
+    sub.createIndex()
+  return sub
 
 
 def _quiet_coco(path):

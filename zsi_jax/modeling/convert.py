@@ -124,3 +124,21 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, np.ndarray], depth: int,
                    f'{" ..." if len(missing) > 10 else ""}; unexpected keys {unexpected[:10]}'
                    f'{" ..." if len(unexpected) > 10 else ""}')
   return params, stats
+
+
+def load_backbone_into(variables: Mapping, path: str, depth: int) -> dict:
+  """Returns ``variables`` with the ResNet backbone replaced by a torchvision file's weights.
+
+  The ResNet must be the torchvision layout (width 1.0, BatchNorm); shapes are
+  checked against the model's own backbone parameters, and a mismatch names the
+  torch key. Frozen-BN statistics go into ``batch_stats``.
+  """
+  variables = {k: dict(v) for k, v in variables.items()}
+  if 'backbone' not in variables.get('params', {}):
+    raise KeyError('the model variables have no params/backbone to load weights into')
+  params, stats = torchvision_resnet_to_flax(load_state_dict(path), depth,
+                                             expected_params=variables['params']['backbone'])
+  variables['params']['backbone'] = params
+  if 'batch_stats' in variables and 'backbone' in variables['batch_stats']:
+    variables['batch_stats']['backbone'] = stats
+  return variables

@@ -15,9 +15,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from zsi_jax.modeling import convert
 from zsi_jax.modeling import resnet as resnet_lib
 from zsi_jax.modeling.zsi import ZSIModel, init_variables
 from zsi_jax.training import checkpoint as ckpt_lib
+from zsi_jax.training import config_check
 from zsi_jax.training import mesh as mesh_lib
 from zsi_jax.training.metrics import MetricWriter
 from zsi_jax.training.optimizer import make_optimizer
@@ -76,6 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     total_steps: defaults to ``num_epochs * steps_per_epoch``.
     eval_fn: optional periodic evaluation ``(state, step) -> scalars``.
   """
+  config_check.validate(config)
   total_steps = int(total_steps or config.num_epochs * steps_per_epoch)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
@@ -88,6 +91,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   init_rng, state_rng = jax.random.split(rng)
   variables = init_variables(model, init_rng, tuple(data['image_size']),
                              vocabulary=data.get('vocabulary'))
+  if config.get('init', {}).get('backbone'):
+    # ImageNet weights for a fresh run; a resumed run overwrites them below.
+    variables = convert.load_backbone_into(variables, config.init.backbone,
+                                           config.model.backbone.depth)
+    logging.info('backbone initialised from %s', config.init.backbone)
   # With an explicit total_steps the epoch-based schedule (warm-up aside) is
   # stretched to it, so decays still fall at the same fractions of training.
   sched_epoch = total_steps / config.num_epochs if config.get('total_steps') else steps_per_epoch
@@ -143,7 +151,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       bar.update(1)
       ckpt_lib.save(manager, done, state, force=done == total_steps)
       if eval_fn is not None and config.get('eval_every') and done % config.eval_every == 0:
-        writer.write(done, eval_fn(state, done))
+        scalars = eval_fn(state, done)
+        if scalars:
+          writer.write(done, scalars)
   finally:
     bar.close()
     manager.wait_until_finished()

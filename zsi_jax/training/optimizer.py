@@ -35,6 +35,15 @@ def learning_rate_schedule(base_lr: float, warmup_steps: int, warmup_ratio: floa
   return schedule
 
 
+def base_learning_rate(config) -> float:
+  """``optim.learning_rate``, scaled linearly with the global batch when
+  ``optim.reference_batch`` is set (the rate is the reference batch's; e.g. COCO:
+  0.01 at 8 images, so 16 images on 8 devices train at 0.02)."""
+  o = config.optim
+  ref = o.get('reference_batch', 0)
+  return o.learning_rate * (config.data.batch_size / ref if ref else 1.0)
+
+
 def make_optimizer(config, steps_per_epoch: int, trainable: Optional[Any] = None):
   """Builds the optax transformation.
 
@@ -47,7 +56,7 @@ def make_optimizer(config, steps_per_epoch: int, trainable: Optional[Any] = None
   """
   o = config.optim
   schedule = learning_rate_schedule(
-      o.learning_rate, o.warmup_steps, o.warmup_ratio,
+      base_learning_rate(config), o.warmup_steps, o.warmup_ratio,
       [int(e * steps_per_epoch) for e in o.decay_epochs], o.decay_factor)
   parts = []
   if o.get('clip_norm'):
