@@ -9,6 +9,8 @@ Decoding runs on a thread pool.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import io
 import json
 import logging
 import os
@@ -77,6 +79,11 @@ def load_coco(ann_file: str, image_dir: str, cat_ids: Sequence[int]) -> Tuple[Li
 
 def decode_mask(seg, h: int, w: int, where: str) -> np.ndarray:
   """COCO segmentation (polygons, RLE or compressed RLE) -> [h, w] uint8."""
+  return mask_utils.decode(to_rle(seg, h, w, where))
+
+
+def to_rle(seg, h: int, w: int, where: str) -> dict:
+  """COCO segmentation (polygons, RLE or compressed RLE) -> compressed RLE (bytes counts)."""
   if seg is None:
     raise ValueError(f'{where}: no segmentation')
   if isinstance(seg, list):
@@ -90,7 +97,7 @@ def decode_mask(seg, h: int, w: int, where: str) -> np.ndarray:
     rle = dict(seg)
     if isinstance(rle['counts'], str):
       rle['counts'] = rle['counts'].encode('ascii')
-  return mask_utils.decode(rle)
+  return rle
 
 
 def resize_scale(h: int, w: int, scale: Tuple[int, int]) -> float:
@@ -109,16 +116,28 @@ def crop_mask(mask: np.ndarray, box, size: int) -> np.ndarray:
   return (np.asarray(img) >= 0.5).astype(np.uint8)
 
 
-def make_example(rec: dict, image_size: Tuple[int, int], scale: Tuple[int, int],
-                 max_instances: int, mask_size: int, flip: bool) -> Dict[str, np.ndarray]:
-  """One record -> fixed-shape arrays (see the batch table in docs/INTERFACES.md)."""
+def read_image(source, image_id, name: str) -> np.ndarray:
+  """Decodes an image file (path) or its encoded bytes -> [H, W, 3] uint8.
+
+  Errors name the image id and ``name`` (the file).
+  """
   try:
-    with Image.open(rec['file']) as im:
-      img = np.asarray(im.convert('RGB'))
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+      return np.asarray(im.convert('RGB'))
   except FileNotFoundError:
-    raise FileNotFoundError(f'image {rec["image_id"]}: file not found: {rec["file"]}') from None
+    raise FileNotFoundError(f'image {image_id}: file not found: {name}') from None
   except OSError as e:
-    raise ValueError(f'image {rec["image_id"]}: cannot decode {rec["file"]}: {e}') from e
+    raise ValueError(f'image {image_id}: cannot decode {name}: {e}') from e
+
+
+def make_example(rec: dict, image_size: Tuple[int, int], scale: Tuple[int, int],
+                 max_instances: int, mask_size: int, flip: bool,
+                 image: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+  """One record -> fixed-shape arrays (see the batch table in docs/INTERFACES.md).
+
+  ``image`` ([H, W, 3] uint8), when given, is used instead of reading ``rec['file']``.
+  """
+  img = read_image(rec['file'], rec['image_id'], rec['file']) if image is None else image
   h, w = img.shape[:2]
   s = resize_scale(h, w, scale)
   nh, nw = min(int(round(h * s)), image_size[0]), min(int(round(w * s)), image_size[1])
@@ -152,6 +171,21 @@ def make_example(rec: dict, image_size: Tuple[int, int], scale: Tuple[int, int],
               orig_hw=np.array([h, w], np.int32), input_hw=np.array([nh, nw], np.int32),
               scale=np.float32(s), flipped=np.bool_(flip),
               num_dropped=np.int32(max(len(rec['anns']) - g, 0)))
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  # Cached: every position of an epoch needs the same permutation of n records.
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  perm.flags.writeable = False
+  return perm
+
+
+def train_order(position: int, n: int, seed: int) -> Tuple[int, bool]:
+  """(record index, flip) at ``position`` of the endless stream of seeded epochs."""
+  epoch, i = divmod(position, n)
+  return (int(_epoch_permutation(seed, epoch, n)[i]),
+          bool(np.random.default_rng([seed, epoch, i]).random() < 0.5))
 
 
 def _stack(examples):
@@ -199,15 +233,9 @@ class Loader:
     return -(-len(self.records) // self.batch_size)
 
   def _train_positions(self, step):
-    n = len(self.records)
     pos = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     pos = pos[self.pi * self.local:(self.pi + 1) * self.local]
-    out = []
-    for p in pos:
-      epoch, i = divmod(int(p), n)
-      perm = np.random.default_rng([self.seed, epoch]).permutation(n)
-      out.append((perm[i], np.random.default_rng([self.seed, epoch, i]).random() < 0.5))
-    return out
+    return [train_order(int(p), len(self.records), self.seed) for p in pos]
 
   def batch(self, step: int) -> Dict[str, np.ndarray]:
     """This process's slice of the global batch at ``step`` (training order)."""

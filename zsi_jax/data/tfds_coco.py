@@ -1,0 +1,261 @@
+"""COCO-format splits -> a TFDS dataset in array_record files (no TensorFlow needed).
+
+One example per image, holding what :func:`input_pipeline.make_example` needs:
+
+| feature | shape, dtype | meaning |
+|---|---|---|
+| `image` | bytes | the image file's encoded bytes, as stored (PNG/JPEG) |
+| `file_name` | text | path of the source image (for error messages) |
+| `image_id`, `height`, `width` | int64, int32, int32 | from the annotation file |
+| `boxes` | `[N,4]` float32 | xyxy pixels, clipped to the image (as :func:`load_coco`) |
+| `labels` | `[N]` int32 | class index in the split's ``cat_ids`` order |
+| `category_id` | `[N]` int32 | COCO category id |
+| `is_crowd` | `[N]` bool | COCO iscrowd |
+| `masks` | `{counts: [N] text, size: [N,2] int32}` | compressed COCO RLE |
+
+Polygons and (compressed) RLE are all stored as compressed RLE, so every
+segmentation round-trips exactly through pycocotools. Annotations that
+``load_coco`` skips (other categories, degenerate boxes) are counted per split
+in ``builder.info.metadata['splits'][split]['skipped']``, next to the split's
+``cat_ids``.
+
+  builder = tfds_coco.build('data/shapes', ['train', 'val'], 'data/shapes_tfds')
+  source = tfds_coco.load_source('data/shapes_tfds', 'train')   # random access
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from zsi_jax.data import datasets
+from zsi_jax.data.input_pipeline import load_coco, to_rle
+
+VERSION = '1.0.0'
+# Class indices of the standard ZSI splits follow the evaluation settings:
+# training / seen-class validation use the seen classes, ZSI tests the unseen
+# ones, GZSI tests all (see evaluation/runner.SETTINGS).
+_SPLIT_CLASSES = {'train': 'seen', 'val': 'seen', 'test_zsi': 'unseen', 'test_gzsi': 'all'}
+
+# split name -> (annotation json, image folder)
+SplitFiles = Dict[str, Tuple[str, str]]
+
+
+def _features():
+  return tfds.features.FeaturesDict({
+      'image': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'file_name': tfds.features.Text(),
+      'image_id': tfds.features.Scalar(dtype=np.int64),
+      'height': tfds.features.Scalar(dtype=np.int32),
+      'width': tfds.features.Scalar(dtype=np.int32),
+      'boxes': tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+      'labels': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      'category_id': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      'is_crowd': tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+      'masks': tfds.features.Sequence({
+          'counts': tfds.features.Text(),
+          'size': tfds.features.Tensor(shape=(2,), dtype=np.int32),
+      }),
+  })
+
+
+class ZsiCoco(tfds.core.GeneratorBasedBuilder):
+  """Instances of COCO-format splits; configured by constructor arguments.
+
+  Args:
+    split_files: split name -> (annotation json, image folder).
+    split_cat_ids: split name -> category ids in class order.
+    **kwargs: for ``GeneratorBasedBuilder`` (data_dir, file_format, ...).
+  """
+
+  VERSION = tfds.core.Version(VERSION)
+  # Keep the annotation file's image order: evaluation passes run in file order
+  # and example index i is record i of load_coco.
+  disable_shuffling = True
+  # No checksums/metadata files beside the code. (TFDS would look them up via
+  # `code_path`, which needs the importlib_resources backport for package modules.)
+  code_path = None
+
+  def __init__(self, *, split_files: Optional[SplitFiles] = None,
+               split_cat_ids: Optional[Mapping[str, Sequence[int]]] = None, **kwargs):
+    self.split_files = dict(split_files or {})
+    self.split_cat_ids = {k: [int(c) for c in v] for k, v in (split_cat_ids or {}).items()}
+    super().__init__(**kwargs)
+
+  def _info(self):
+    # DatasetInfo directly: dataset_info_from_configs looks for a package folder.
+    return tfds.core.DatasetInfo(
+        builder=self, description='COCO-format instances for zero-shot instance segmentation',
+        features=_features(), metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # everything is local
+    gens, meta = {}, {}
+    for split, (ann_file, image_dir) in self.split_files.items():
+      cat_ids = self.split_cat_ids[split]
+      records, skipped = load_coco(ann_file, image_dir, cat_ids)
+      logging.info('%s: %d images; skipped annotations: %s', ann_file, len(records), skipped)
+      meta[split] = dict(annotation_file=ann_file, image_dir=image_dir, cat_ids=cat_ids,
+                         skipped=skipped, images=len(records))
+      gens[split] = self._generate_examples(records, cat_ids, ann_file)
+    self.info.metadata['splits'] = meta
+    return gens
+
+  def _generate_examples(self, records, cat_ids, ann_file):
+    for i, rec in enumerate(records):
+      # Integer keys in file order (shuffling is disabled, so they fix the order).
+      yield i, encode_record(rec, cat_ids, ann_file)
+
+
+def _read_checked(rec: dict) -> bytes:
+  """The image file's bytes, after checking it opens and matches the json's size."""
+  path = rec['file']
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise FileNotFoundError(f'image {rec["image_id"]}: file not found: {path}') from None
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      size = im.size
+      im.verify()  # cheap structural check; full decoding happens when reading
+  except Exception as e:  # PIL raises several types for broken files
+    raise ValueError(f'image {rec["image_id"]}: cannot decode {path}: {e}') from e
+  if size != (rec['width'], rec['height']):
+    raise ValueError(f'image {rec["image_id"]}: {path} is {size[0]}x{size[1]} (w x h) but the '
+                     f'annotation file says {rec["width"]}x{rec["height"]}')
+  return data
+
+
+def encode_record(rec: dict, cat_ids: Sequence[int], ann_file: str) -> dict:
+  """A :func:`load_coco` record -> one TFDS example (features of the module docstring)."""
+  h, w = rec['height'], rec['width']
+  where = f'{ann_file}: image {rec["image_id"]}'
+  rles = [to_rle(a['segmentation'], h, w, where) for a in rec['anns']]
+  n = len(rec['anns'])
+  return dict(
+      image=_read_checked(rec), file_name=rec['file'], image_id=int(rec['image_id']),
+      height=int(h), width=int(w),
+      boxes=np.array([a['box'] for a in rec['anns']], np.float32).reshape(n, 4),
+      labels=np.array([a['label'] for a in rec['anns']], np.int32),
+      category_id=np.array([cat_ids[a['label']] for a in rec['anns']], np.int32),
+      is_crowd=np.array([a['crowd'] for a in rec['anns']], np.bool_),
+      masks=dict(counts=[r['counts'].decode('ascii') for r in rles],
+                 size=np.array([r['size'] for r in rles], np.int32).reshape(n, 2)))
+
+
+def decode_example(ex: Mapping) -> dict:
+  """A data-source example -> a :func:`load_coco` record (RLE segmentations) + its bytes.
+
+  Returns the record with ``image_bytes``; ``file`` is the original path, for messages.
+  """
+  name = ex['file_name']
+  name = name.decode() if isinstance(name, bytes) else str(name)
+  counts, sizes = ex['masks']['counts'], ex['masks']['size']
+  anns = []
+  for k in range(len(ex['labels'])):
+    c = counts[k]
+    anns.append(dict(box=tuple(float(v) for v in ex['boxes'][k]), label=int(ex['labels'][k]),
+                     crowd=bool(ex['is_crowd'][k]),
+                     segmentation=dict(size=[int(v) for v in sizes[k]],
+                                       counts=c.encode('ascii') if isinstance(c, str) else c)))
+  return dict(file=name, image_id=int(ex['image_id']), height=int(ex['height']),
+              width=int(ex['width']), anns=anns, image_bytes=ex['image'])
+
+
+def _resolve(data_root: str, splits: Union[Sequence[str], SplitFiles],
+             cat_ids: Optional[Sequence[int]]) -> Tuple[SplitFiles, Dict[str, list]]:
+  """Split names -> files and per-split class ids (see :func:`build`)."""
+  info = None
+  if os.path.exists(os.path.join(data_root, 'split.json')):
+    info = datasets.load_dataset(data_root)
+  if isinstance(splits, Mapping):
+    files = {k: (str(a), str(d)) for k, (a, d) in splits.items()}
+  else:
+    if info is None:
+      raise FileNotFoundError(f'{data_root}/split.json not found: pass splits as a mapping '
+                              'split -> (annotation json, image folder)')
+    files = {s: (info.annotation_file(s), info.image_dir(s)) for s in splits}
+  ids = {}
+  for split, (ann_file, _) in files.items():
+    if cat_ids is not None:
+      ids[split] = [int(c) for c in cat_ids]
+    elif info is not None:
+      names = dict(seen=info.seen, unseen=info.unseen, all=info.names)[
+          _SPLIT_CLASSES.get(split, 'all')]
+      ids[split] = [int(c) for c in info.cat_ids(names)]
+    else:
+      ids[split] = _json_category_ids(ann_file)
+  return files, ids
+
+
+def _json_category_ids(ann_file: str) -> list:
+  try:
+    with open(ann_file) as f:
+      cats = json.load(f).get('categories', [])
+  except FileNotFoundError:
+    raise FileNotFoundError(f'annotation file not found: {ann_file}') from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{ann_file} is not valid JSON: {e}') from e
+  if not cats:
+    raise ValueError(f'{ann_file}: no categories; pass cat_ids')
+  return sorted(int(c['id']) for c in cats)
+
+
+def build(data_root: str, splits: Union[Sequence[str], SplitFiles], out_dir: str,
+          cat_ids: Optional[Sequence[int]] = None, overwrite: bool = False) -> ZsiCoco:
+  """Writes the TFDS dataset (array_record) for ``splits`` under ``out_dir``.
+
+  Args:
+    data_root: a prepared dataset (``split.json``, see datasets.py).
+    splits: split names (files from ``data_root``'s layout) or a mapping
+      split -> (annotation json, image folder) for any COCO-format data.
+    out_dir: TFDS data dir; the dataset lands in ``out_dir/zsi_coco/1.0.0``.
+    cat_ids: category ids in class order for every split; default: the ZSI
+      setting's classes (train/val seen, test_zsi unseen, else all), or the
+      json's categories sorted by id when there is no ``split.json``.
+    overwrite: rebuild even if ``out_dir`` already holds the dataset.
+  Returns:
+    the prepared builder; ``builder.info.metadata['splits']`` holds each
+    split's cat_ids and skipped-annotation counts.
+  """
+  files, ids = _resolve(data_root, splits, cat_ids)
+  target = os.path.join(out_dir, 'zsi_coco', VERSION)
+  if overwrite and os.path.exists(target):
+    shutil.rmtree(target)
+  builder = ZsiCoco(split_files=files, split_cat_ids=ids, data_dir=out_dir,
+                    file_format='array_record')
+  builder.download_and_prepare(download_dir=os.path.join(out_dir, 'downloads'))
+  missing = set(files) - set(builder.info.splits.keys())
+  if missing:
+    raise ValueError(f'{target} exists without splits {sorted(missing)}: build into a new '
+                     'out_dir or pass overwrite=True')
+  return builder
+
+
+def open_builder(out_dir: str):
+  """The dataset written by :func:`build` (read-only builder: info, metadata, sources)."""
+  path = os.path.join(out_dir, 'zsi_coco', VERSION)
+  if not os.path.exists(os.path.join(path, 'dataset_info.json')):
+    raise FileNotFoundError(f'no TFDS dataset at {path}: run tfds_coco.build first')
+  return tfds.builder_from_directory(path)
+
+
+def load_source(out_dir: str, split: str):
+  """Random-access data source of one split (``len``, ``source[i]`` -> example dict)."""
+  builder = open_builder(out_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f'split {split!r} not in {out_dir}: has {sorted(builder.info.splits.keys())}')
+  return builder.as_data_source(split=split)
+
+
+def split_metadata(out_dir: str, split: str) -> dict:
+  """cat_ids, skipped-annotation counts and source files of one built split."""
+  return dict(open_builder(out_dir).info.metadata['splits'][split])
