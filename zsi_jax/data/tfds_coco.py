@@ -93,7 +93,8 @@ class ZsiCoco(tfds.core.GeneratorBasedBuilder):
     # DatasetInfo directly: dataset_info_from_configs looks for a package folder.
     return tfds.core.DatasetInfo(
         builder=self, description='COCO-format instances for zero-shot instance segmentation',
-        features=_features(), metadata=tfds.core.MetadataDict())
+        features=_features(), metadata=tfds.core.MetadataDict(),
+        disable_shuffling=self.disable_shuffling)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything is local
