@@ -154,9 +154,13 @@ class GrainLoader:
                       '(%d so far)', d, self.kw['max_instances'], self.dropped)
 
   def _iterate(self, ds) -> Iterator[Dict[str, np.ndarray]]:
-    for batch in ds:
-      self._count(batch)
-      yield batch
+    it = iter(ds)
+    try:
+      for batch in it:
+        self._count(batch)
+        yield batch
+    finally:  # closing the generator stops grain's threads and worker processes
+      it.close()
 
   def train_iterator(self, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
     """This shard's batches of steps ``start_step, start_step + 1, ...``."""
