@@ -253,3 +253,42 @@ def test_skipped_annotations_counted_and_corrupt_bytes_named(data, tmp_path):
   ld = gp.GrainLoader(bad, batch_size=1, train=False, shard_options=ONE, **KW)
   with pytest.raises(ValueError, match=r'image 1: cannot decode .*train_000001\.png'):
     next(ld.eval_iterator())
+
+
+def _uncompressed_rle(mask):
+  """Binary mask -> COCO uncompressed RLE (column-major run lengths, starting with 0s)."""
+  flat = np.asarray(mask, np.uint8).ravel(order='F')
+  change = np.flatnonzero(np.diff(flat)) + 1
+  runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+  return dict(size=list(mask.shape), counts=([0] if flat[0] else []) + runs)
+
+
+def test_polygons_uncompressed_rle_and_empty_images_round_trip(data, tmp_path):
+  root = data[0]
+  coco = _mini(tmp_path, root, n=3)
+  h, w = coco['images'][0]['height'], coco['images'][0]['width']
+  first = [a for a in coco['annotations'] if a['image_id'] == coco['images'][0]['id']]
+  first[0]['segmentation'] = [[10, 10, 60, 12, 55, 70, 12, 50], [80, 80, 90, 80, 90, 95]]
+  first[0]['bbox'] = [10, 10, 80, 85]
+  crowd_mask = ip.decode_mask(first[-1]['segmentation'], h, w, 'src')
+  first[-1]['segmentation'] = _uncompressed_rle(crowd_mask)
+  first[-1]['iscrowd'] = 1
+  empty = coco['images'][2]['id']
+  coco['annotations'] = [a for a in coco['annotations'] if a['image_id'] != empty]
+  _build(tmp_path, coco)
+  src = tfds_coco.load_source(str(tmp_path / 'out'), 'train')
+  recs = {r['image_id']: r for r in (tfds_coco.decode_example(src[i]) for i in range(len(src)))}
+  assert recs[empty]['anns'] == []
+  for a in coco['annotations']:
+    got = [b for b in recs[a['image_id']]['anns']
+           if np.allclose(b['box'], [a['bbox'][0], a['bbox'][1], a['bbox'][0] + a['bbox'][2],
+                                     a['bbox'][1] + a['bbox'][3]])]
+    assert len(got) == 1
+    assert got[0]['crowd'] == bool(a.get('iscrowd', 0))
+    np.testing.assert_array_equal(mask_utils.decode(got[0]['segmentation']),
+                                  ip.decode_mask(a['segmentation'], h, w, 'src'))
+  # An image without instances still makes a valid, empty example.
+  ld = gp.GrainLoader(src, batch_size=3, train=False, shard_options=ONE, **KW)
+  batch = next(ld.eval_iterator())
+  assert batch['image_id'].tolist() == [im['id'] for im in coco['images']]
+  assert not batch['gt_valid'][2].any() and batch['gt_crowd'][0].any()
