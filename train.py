@@ -14,7 +14,11 @@ from zsi_jax.training import config_check, loop
 
 config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
 flags.DEFINE_string('workdir', None, 'where checkpoints and logs go')
-flags.DEFINE_bool('distributed', False, 'call jax.distributed.initialize() (multi-host)')
+flags.DEFINE_bool('distributed', False, 'call jax.distributed.initialize() (multi-host); on '
+                  'TPU pods and SLURM/Open MPI GPU clusters it needs no other flag')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (other clusters)')
+flags.DEFINE_integer('num_processes', None, 'number of processes (other clusters)')
+flags.DEFINE_integer('process_id', None, 'this process (other clusters)')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -22,7 +26,11 @@ FLAGS = flags.FLAGS
 def main(_):
   import jax
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    if jax.config.jax_platforms == 'cpu':
+      # CPU collectives across processes (tests, debugging) go through gloo.
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.getLogger().setLevel(logging.INFO)
   config = FLAGS.config
   # Config mistakes fail here, before any data is read or anything compiled.

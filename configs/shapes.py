@@ -19,6 +19,7 @@ def get_config():
       mask_gt_size=56,
       batch_size=8,
       num_workers=0,
+      max_classes=0,                       # rows of the padded class matrix; 0: the split's
   )
   m = model_config()
   m.backbone = dict(depth=18, width=0.25, norm='group_norm', frozen_stages=0)

@@ -24,6 +24,7 @@ def get_config():
   m.test.max_detections = 10
   m.test.pre_nms_topk = 64
   c.num_epochs = 1
+  c.total_steps = 0   # the length comes from num_epochs (or --config.total_steps)
   c.log_every = 1
   c.checkpoint_every = 2
   return c

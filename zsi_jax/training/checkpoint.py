@@ -29,9 +29,16 @@ def make_manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointMana
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, force: bool = False) -> bool:
-  """Saves ``state`` at ``step`` if the interval says so (or ``force``)."""
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+def save(manager: ocp.CheckpointManager, step: int, state: Any, every: int,
+         force: bool = False) -> bool:
+  """Saves ``state`` at ``step`` when ``step`` is a multiple of ``every`` (or ``force``).
+
+  The interval is checked here because orbax on its own also saves the first
+  step of a run that has no checkpoint yet.
+  """
+  if not force and (every <= 0 or step % every):
+    return False
+  return manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[int] = None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from typing import Any, Callable, Dict, Iterator, Optional
 
@@ -24,6 +25,11 @@ from zsi_jax.training import mesh as mesh_lib
 from zsi_jax.training.metrics import MetricWriter
 from zsi_jax.training.optimizer import make_optimizer
 from zsi_jax.training.train_step import TrainState, create_state, make_train_step
+
+
+# Set only by tests (tests/training/test_distributed.py): SIGKILL the process
+# right after the checkpoint of this step is complete.
+_SIGKILL_AT_STEP = int(os.environ.get('ZSI_TEST_SIGKILL_AT_STEP', '0') or 0)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -149,7 +155,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         writer.write(done, scalars)
         bar.set_postfix(loss=f"{m['total']:.3f}", lr=f"{scalars['learning_rate']:.4f}")
       bar.update(1)
-      ckpt_lib.save(manager, done, state, force=done == total_steps)
+      ckpt_lib.save(manager, done, state, config.checkpoint_every, force=done == total_steps)
+      if done == _SIGKILL_AT_STEP:
+        # Fault injection for the preemption test: die without any cleanup
+        # once this step's checkpoint is on disk.
+        manager.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
       if eval_fn is not None and config.get('eval_every') and done % config.eval_every == 0:
         scalars = eval_fn(state, done)
         if scalars:

@@ -1,0 +1,43 @@
+"""Trains the tiny config for a few steps on however many devices XLA exposes and
+saves the final parameters; test_distributed.py runs it with 1 and 4 CPU devices.
+
+python tests/training/mesh_run.py DATA_ROOT WORKDIR STEPS
+"""
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from configs import tiny  # noqa: E402
+from zsi_jax.data import datasets  # noqa: E402
+from zsi_jax.data.input_pipeline import Loader, load_coco  # noqa: E402
+from zsi_jax.training import loop  # noqa: E402
+
+
+def main(root, workdir, steps):
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  c = tiny.get_config()
+  c.data.root = root
+  c.data.batch_size = 4
+  c.checkpoint_every = 1000
+  info = datasets.load_dataset(root)
+  recs, _ = load_coco(info.annotation_file('train'), info.image_dir('train'),
+                      info.cat_ids(info.seen))
+  d = c.data
+  loader = Loader(recs, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
+                  train=True, seed=0)
+  data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
+              image_size=tuple(d.image_size))
+  state = loop.train(c, workdir, data, loader.train_iterator, loader.steps_per_epoch,
+                     total_steps=steps)
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+  np.savez(os.path.join(workdir, 'params.npz'),
+           **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+  print('devices', jax.device_count())
+
+
+if __name__ == '__main__':
+  main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
