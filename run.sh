@@ -10,4 +10,7 @@ WORKDIR=${WORKDIR:-runs/shapes}
 [ -f "$DATA/split.json" ] || python data_prep/make_shapes.py --out "$DATA"
 python train.py --config configs/shapes.py --workdir "$WORKDIR" \
   --config.data.root="$DATA" ${STEPS:+--config.total_steps="$STEPS"}
+# A few pictures of unseen-class predictions (ZSI test images, unseen classes only).
+python predict.py --workdir "$WORKDIR" --dataset_split test_zsi --num_images 8 --classes unseen \
+  --out "$WORKDIR/pictures" --grid "$WORKDIR/pictures/grid.png"
 python eval.py --workdir "$WORKDIR" --split zsi,gzsi

@@ -23,24 +23,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NO_DECODERS = ('box_head.use_decoder=False', 'mask_head.use_decoder=False')
-PLAIN_RPN = ('rpn.semantic=False', 'sync_bg.det=False', 'sync_bg.mask=False')
-BA_RPN_NO_SYNC = ('rpn.semantic=True', 'sync_bg.det=False', 'sync_bg.mask=False')
+NO_DECODERS = ('model.box_head.use_decoder=False', 'model.mask_head.use_decoder=False')
+PLAIN_RPN = ('model.rpn.semantic=False', 'model.sync_bg.det=False', 'model.sync_bg.mask=False')
+BA_RPN_NO_SYNC = ('model.rpn.semantic=True', 'model.sync_bg.det=False',
+                  'model.sync_bg.mask=False')
 
 # name -> (config overrides, unseen scoring). The full model is the default config.
 VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     'full': ((), 'direct'),
     'full_projected': ((), 'projected'),      # same checkpoint, other scoring
     'zsd_smh_e': (NO_DECODERS + PLAIN_RPN, 'direct'),
-    'smh_decoder': (('box_head.use_decoder=False',) + PLAIN_RPN, 'direct'),
+    'smh_decoder': (('model.box_head.use_decoder=False',) + PLAIN_RPN, 'direct'),
     'det_decoder': (PLAIN_RPN, 'direct'),
     'ba_rpn': (NO_DECODERS + BA_RPN_NO_SYNC, 'direct'),
-    'sync_mask': (NO_DECODERS + ('sync_bg.det=False',), 'direct'),
-    'sync_det': (NO_DECODERS + ('sync_bg.mask=False',), 'direct'),
+    'sync_mask': (NO_DECODERS + ('model.sync_bg.det=False',), 'direct'),
+    'sync_det': (NO_DECODERS + ('model.sync_bg.mask=False',), 'direct'),
     'sync_both': (NO_DECODERS, 'direct'),
     'onehot': (('data.vectors=class_vectors_onehot.txt',), 'direct'),
     'random': (('data.vectors=class_vectors_random.txt',), 'direct'),
-    'sync_no_grad': (('sync_bg.gradients=False',), 'direct'),
+    'sync_no_grad': (('model.sync_bg.gradients=False',), 'direct'),
 }
 # Variants sharing a checkpoint with another one (evaluation-only).
 SAME_CHECKPOINT = {'full_projected': 'full'}
@@ -299,7 +300,10 @@ def main(argv=None):
   # The main model (full, all seeds) first: every table compares against it.
   plan = [('full', s, a.steps) for s in seeds] if 'full' in names else []
   plan += [('full_projected', seeds[0], a.steps)] if 'full_projected' in names else []
-  plan += [(n, seeds[0], a.ablation_steps) for n in names if n not in ('full', 'full_projected')]
+  # The controls first (they carry the main claim), then the component tables.
+  rest = sorted((n for n in names if n not in ('full', 'full_projected')),
+                key=lambda n: (n not in ('onehot', 'random'), list(VARIANTS).index(n)))
+  plan += [(n, seeds[0], a.ablation_steps) for n in rest]
   res: Dict[str, Dict[int, Dict[str, dict]]] = {}
   for name, seed, steps in plan:
     workdir = run_dir(a.runs, name, seed, steps)

@@ -125,7 +125,7 @@ class ZSIModel(nn.Module):
 
   # ---------------------------------------------------------------- training
   def losses(self, batch: Dict[str, jnp.ndarray], class_vectors, class_valid, key,
-             train: bool = True):
+             train: bool = True, recon_scale=1.0):
     """All loss terms of Eq. 2 for a batch (see docs/INTERFACES.md for ``batch``).
 
     Args:
@@ -134,6 +134,8 @@ class ZSIModel(nn.Module):
       class_valid: ``[K]`` bool.
       key: PRNG key for anchor and RoI sampling.
       train: BatchNorm mode for the backbone.
+      recon_scale: scalar multiplier of both reconstruction weights (the
+        optional ramp of the train step; 1 = the paper's 0.5).
     Returns:
       dict of scalar loss terms (``total`` included) and diagnostics.
     """
@@ -216,8 +218,9 @@ class ZSIModel(nn.Module):
                   if mhead['reconstruction'] is not None else jnp.zeros(()))
 
     terms = dict(rpn_cls=rpn_cls, rpn_box=rpn_box, det_cls=det_cls, det_box=det_box,
-                 det_recon=c.box_head.recon_weight * det_recon,
-                 mask_bce=mask_bce, mask_recon=c.mask_head.recon_weight * mask_recon)
+                 det_recon=c.box_head.recon_weight * recon_scale * det_recon,
+                 mask_bce=mask_bce,
+                 mask_recon=c.mask_head.recon_weight * recon_scale * mask_recon)
     total = sum(terms.values())
     aux = dict(num_pos_rois=jnp.sum(pos), num_rois=num_rois, num_mask_rois=jnp.sum(m_valid),
                num_rpn_sampled=num_sampled, num_rpn_pos=jnp.sum(rpn_t['labels'] == 1),

@@ -18,7 +18,7 @@ TOP_LEVEL = {'seed', 'data', 'model', 'init', 'optim', 'num_epochs', 'total_step
 DATA = {'root', 'vectors', 'image_size', 'scale', 'max_instances', 'mask_gt_size', 'batch_size',
         'num_workers', 'max_classes', 'vocabulary'}
 OPTIM = {'learning_rate', 'momentum', 'weight_decay', 'clip_norm', 'warmup_steps', 'warmup_ratio',
-         'decay_epochs', 'decay_factor', 'reference_batch'}
+         'decay_epochs', 'decay_factor', 'reference_batch', 'recon_warmup_steps'}
 INIT = {'backbone'}
 CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),

@@ -119,7 +119,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     logging.info('resumed from step %d', start)
   start = int(state.step)
 
-  step_fn = jax.jit(make_train_step(model, tx, config.model.backbone.norm == 'batch_norm'),
+  step_fn = jax.jit(make_train_step(model, tx, config.model.backbone.norm == 'batch_norm',
+                                    config.optim.get('recon_warmup_steps', 0)),
                     in_shardings=(repl, mesh_lib.data_sharded(mesh), repl, repl),
                     out_shardings=(repl, repl), donate_argnums=(0,))
   cv = jax.device_put(jnp.asarray(class_vectors), repl)

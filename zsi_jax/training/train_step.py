@@ -41,7 +41,8 @@ def create_state(variables: Dict[str, Any], tx: optax.GradientTransformation, rn
                     model_state=variables, rng=rng)
 
 
-def make_train_step(model: ZSIModel, tx: optax.GradientTransformation, mutable_stats: bool):
+def make_train_step(model: ZSIModel, tx: optax.GradientTransformation, mutable_stats: bool,
+                    recon_warmup_steps: int = 0):
   """Returns ``step(state, batch, class_vectors, class_valid) -> (state, metrics)``.
 
   Args:
@@ -49,19 +50,26 @@ def make_train_step(model: ZSIModel, tx: optax.GradientTransformation, mutable_s
     tx: the optimiser (frozen parameters already masked out).
     mutable_stats: True when the backbone uses trainable BatchNorm whose
       running statistics are updated in training.
+    recon_warmup_steps: > 0 ramps both reconstruction weights linearly from 0
+      to their configured values over this many steps.
   """
 
   def step(state: TrainState, batch, class_vectors, class_valid):
     key = jax.random.fold_in(state.rng, state.step)
+    # Reconstruction weight ramp (0 -> 1 over recon_warmup_steps): see
+    # configs/shapes.py for why a from-scratch model needs it.
+    recon_scale = (jnp.minimum(state.step.astype(jnp.float32) / recon_warmup_steps, 1.0)
+                   if recon_warmup_steps > 0 else 1.0)
 
     def loss_fn(params):
       variables = {'params': params, **state.model_state}
       if mutable_stats:
         (terms, aux), updates = model.apply(variables, batch, class_vectors, class_valid, key,
-                                            True, method=ZSIModel.losses, mutable=['batch_stats'])
+                                            True, recon_scale, method=ZSIModel.losses,
+                                            mutable=['batch_stats'])
       else:
         terms, aux = model.apply(variables, batch, class_vectors, class_valid, key, True,
-                                 method=ZSIModel.losses)
+                                 recon_scale, method=ZSIModel.losses)
         updates = {}
       return terms['total'], (terms, aux, updates)
 
