@@ -56,5 +56,6 @@ def get_config():
   c.log_every = 20
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
-  c.eval_every = 0
+  c.eval_every = 0                        # > 0: seen-class eval on the val split every N steps
+  c.eval_images = 100                    # ... on its first N images (0: all)
   return c

@@ -27,7 +27,8 @@ def _run(args, **kw):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """A tiny ZSI-Shapes dataset and a 3-step tiny checkpoint trained on it by train.py."""
+  """A tiny ZSI-Shapes dataset and a 3-step tiny checkpoint trained on it by train.py
+  (with the periodic seen-class evaluation switched on)."""
   base = tmp_path_factory.mktemp('tiny')
   data = str(base / 'data')
   shapes.generate(data, shapes.ShapesConfig(image_size=64, num_train=8, num_val=2, num_test=4,
@@ -35,8 +36,20 @@ def trained(tmp_path_factory):
                   log=lambda *_: None)
   workdir = str(base / 'run')
   _run(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
-        f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3'])
+        f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3',
+        '--config.eval_every=3', '--config.eval_images=2'])
   return data, workdir
+
+
+def test_periodic_evaluation_is_logged(trained):
+  _, workdir = trained
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  evals = [r for r in rows if 'eval/seen_mask_recall@100_iou0.5' in r]
+  assert [r['step'] for r in evals] == [3]
+  for k in ('box', 'mask'):
+    for key in ('recall@100_iou0.5', 'map@0.5'):
+      v = evals[0][f'eval/seen_{k}_{key}']
+      assert v != v or 0.0 <= v <= 1.0
 
 
 def test_predictor_round_trip_and_no_recompilation(trained):
