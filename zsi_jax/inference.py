@@ -23,7 +23,7 @@ from PIL import Image
 
 from zsi_jax.data import datasets
 from zsi_jax.data import word_vectors as wv_lib
-from zsi_jax.data.input_pipeline import MEAN, STD, resize_scale
+from zsi_jax.data.input_pipeline import prepare_image
 from zsi_jax.evaluation.results import to_original_boxes
 from zsi_jax.modeling.zsi import ZSIModel
 from zsi_jax.ops.postprocess import paste_masks
@@ -49,17 +49,6 @@ def load_image(image: ImageLike) -> np.ndarray:
   if arr.ndim != 3 or arr.shape[2] != 3:
     raise ValueError(f'expected an [H, W, 3] RGB image, got shape {arr.shape}')
   return arr.astype(np.uint8)
-
-
-def prepare_image(img: np.ndarray, image_size, scale):
-  """[H, W, 3] uint8 -> (normalised padded [h, w, 3] float32, input_hw [2], scale factor)."""
-  h, w = img.shape[:2]
-  s = resize_scale(h, w, scale)
-  nh, nw = min(int(round(h * s)), image_size[0]), min(int(round(w * s)), image_size[1])
-  resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), np.float32)
-  canvas = np.zeros(tuple(image_size) + (3,), np.float32)
-  canvas[:nh, :nw] = (resized - MEAN) / STD
-  return canvas, np.array([nh, nw], np.int32), s
 
 
 class Predictor:
@@ -190,6 +179,7 @@ class Predictor:
     cv, cm = pad_class_vectors(vecs, self.max_classes)
     d = self.config.data
     canvas, hw, s = prepare_image(img, tuple(d.image_size), tuple(d.scale))
+    hw = np.asarray(hw, np.int32)
     det = self._detector(scoring or self.config.model.test.scoring)(
         self.variables, jnp.asarray(canvas[None]), jnp.asarray(hw[None]), jnp.asarray(cv),
         jnp.asarray(cm))

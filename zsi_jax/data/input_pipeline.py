@@ -130,6 +130,25 @@ def read_image(source, image_id, name: str) -> np.ndarray:
     raise ValueError(f'image {image_id}: cannot decode {name}: {e}') from e
 
 
+def prepare_image(img: np.ndarray, image_size: Tuple[int, int], scale: Tuple[int, int],
+                  flip: bool = False):
+  """[H, W, 3] uint8 -> keep-ratio resized, (flipped,) normalised, padded image.
+
+  Returns:
+    (canvas [image_size..., 3] float32, (nh, nw) size of the image inside the
+    padding, scale factor s with input = original * s).
+  """
+  h, w = img.shape[:2]
+  s = resize_scale(h, w, scale)
+  nh, nw = min(int(round(h * s)), image_size[0]), min(int(round(w * s)), image_size[1])
+  resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), np.float32)
+  if flip:
+    resized = resized[:, ::-1]
+  canvas = np.zeros(tuple(image_size) + (3,), np.float32)
+  canvas[:nh, :nw] = (resized - MEAN) / STD
+  return canvas, (nh, nw), s
+
+
 def make_example(rec: dict, image_size: Tuple[int, int], scale: Tuple[int, int],
                  max_instances: int, mask_size: int, flip: bool,
                  image: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -139,13 +158,7 @@ def make_example(rec: dict, image_size: Tuple[int, int], scale: Tuple[int, int],
   """
   img = read_image(rec['file'], rec['image_id'], rec['file']) if image is None else image
   h, w = img.shape[:2]
-  s = resize_scale(h, w, scale)
-  nh, nw = min(int(round(h * s)), image_size[0]), min(int(round(w * s)), image_size[1])
-  img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), np.float32)
-  if flip:
-    img = img[:, ::-1]
-  canvas = np.zeros(tuple(image_size) + (3,), np.float32)
-  canvas[:nh, :nw] = (img - MEAN) / STD
+  canvas, (nh, nw), s = prepare_image(img, image_size, scale, flip)
 
   g = max_instances
   boxes = np.zeros((g, 4), np.float32)
