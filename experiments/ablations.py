@@ -179,7 +179,11 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
        '(pycocotools COCOeval, IoU 0.4/0.5/0.6, Recall@100, mAP@0.5), in percent. The paper\'s '
        'numbers are COCO 65/15 and are shown only for the direction of each effect: the '
        'datasets differ, so the absolute values are not comparable.', '']
-  L += ['Hardware: 2-core CPU (no accelerator), JAX on CPU.', '']
+  L += ['Hardware: 2-core CPU (no accelerator), JAX on CPU.', '',
+        'Reading the numbers: with 12 unseen classes and up to 100 detections per image, '
+        'Recall@100 is lenient (a box can be listed under several classes, so even weak '
+        'classification is often rewarded); mAP@0.5 is the number that measures whether the '
+        'unseen class is ranked right. Compare the controls below on both.', '']
 
   if res.get('full'):
     rows = list(res['full'].values())
@@ -217,6 +221,11 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
         direction = _direction(ours[1], cols(first(ref))[1], p[1], paper[ref][1])
       L.append(f'| {labels[n]} | ' + ' | '.join(_pct(x) for x in ours) + ' | '
                + (' / '.join(f'{x:.1f}' for x in p) if p else '-') + f' | {direction} |')
+    missing = [labels[n] for n in names if not res.get(n)]
+    if missing:
+      group = [g for g, ns in GROUPS.items() if ns == names]
+      L.append(f'Not run yet: {", ".join(missing)} '
+               f'(`python experiments/ablations.py --only {group[0] if group else "..."}`).')
     L.append('')
 
   t1_labels = {'zsd_smh_e': 'ZSD + SMH encoder (baseline)', 'smh_decoder': '+ SMH decoder',
