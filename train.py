@@ -9,7 +9,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from zsi_jax.data import datasets
-from zsi_jax.data.input_pipeline import Loader, load_coco
 from zsi_jax.training import config_check, loop
 
 config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
@@ -36,14 +35,7 @@ def main(_):
   # Config mistakes fail here, before any data is read or anything compiled.
   config_check.validate(config)
   info = datasets.load_dataset(config.data.root, config.data.vectors)
-  records, counts = load_coco(info.annotation_file('train'), info.image_dir('train'),
-                              info.cat_ids(info.seen))
-  logging.info('train: %d images; skipped annotations: %s', len(records), counts)
-  d = config.data
-  loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
-                  train=True, seed=config.seed, num_threads=max(d.num_workers, 2))
-  data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
-              image_size=tuple(d.image_size))
+  loader, data = loop.training_data(config, info)
   loop.train(config, FLAGS.workdir, data, loader.train_iterator, loader.steps_per_epoch,
              total_steps=config.get('total_steps') or None,
              eval_fn=make_eval_fn(config, info) if config.get('eval_every') else None)

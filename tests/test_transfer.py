@@ -8,7 +8,6 @@ import pytest
 
 from configs import tiny
 from zsi_jax.data import datasets, shapes
-from zsi_jax.data.input_pipeline import Loader, load_coco
 from zsi_jax.evaluation import runner
 from zsi_jax.training import loop
 
@@ -34,13 +33,7 @@ def _config(root, vectors):
 def _train_and_score(root, vectors, workdir):
   c = _config(root, vectors)
   info = datasets.load_dataset(root, vectors)
-  recs, _ = load_coco(info.annotation_file('train'), info.image_dir('train'),
-                      info.cat_ids(info.seen))
-  d = c.data
-  loader = Loader(recs, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
-                  train=True, seed=0)
-  data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
-              image_size=tuple(d.image_size))
+  loader, data = loop.training_data(c, info)
   c.num_epochs = 1
   state = loop.train(c, workdir, data, loader.train_iterator, STEPS / c.num_epochs,
                      total_steps=STEPS)

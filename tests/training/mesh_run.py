@@ -13,7 +13,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from configs import tiny  # noqa: E402
 from zsi_jax.data import datasets  # noqa: E402
-from zsi_jax.data.input_pipeline import Loader, load_coco  # noqa: E402
 from zsi_jax.training import loop  # noqa: E402
 
 
@@ -24,13 +23,7 @@ def main(root, workdir, steps):
   c.data.batch_size = 4
   c.checkpoint_every = 1000
   info = datasets.load_dataset(root)
-  recs, _ = load_coco(info.annotation_file('train'), info.image_dir('train'),
-                      info.cat_ids(info.seen))
-  d = c.data
-  loader = Loader(recs, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
-                  train=True, seed=0)
-  data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
-              image_size=tuple(d.image_size))
+  loader, data = loop.training_data(c, info)
   state = loop.train(c, workdir, data, loader.train_iterator, loader.steps_per_epoch,
                      total_steps=steps)
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]

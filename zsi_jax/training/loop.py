@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,28 @@ def pad_class_vectors(vectors: np.ndarray, k_max: int):
   out = np.zeros((k_max, d), np.float32)
   out[:k] = vectors
   return out, np.arange(k_max) < k
+
+
+def training_data(config: ml_collections.ConfigDict, info) -> Tuple[Any, Dict[str, Any]]:
+  """The seen-class training loader and the ``data`` dict of :func:`train` for a dataset.
+
+  Args:
+    config: experiment config (``data.*``, ``seed``).
+    info: ``datasets.DatasetInfo`` of the dataset.
+  Returns:
+    (Loader, data): pass ``loader.train_iterator`` and ``loader.steps_per_epoch``
+    with ``data`` to :func:`train`.
+  """
+  from zsi_jax.data.input_pipeline import Loader, load_coco
+  records, counts = load_coco(info.annotation_file('train'), info.image_dir('train'),
+                              info.cat_ids(info.seen))
+  logging.info('train: %d images; skipped annotations: %s', len(records), counts)
+  d = config.data
+  loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
+                  train=True, seed=config.seed, num_threads=max(d.get('num_workers', 0), 2))
+  data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
+              image_size=tuple(d.image_size))
+  return loader, data
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
