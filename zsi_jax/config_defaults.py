@@ -30,7 +30,10 @@ def model_config() -> ml_collections.ConfigDict:
   c.box_head = dict(fc_dim=1024, use_decoder=True, regression='class_agnostic',
                     vocabulary_size=0, smooth_l1_beta=1.0, recon_weight=0.5)
   c.mask_head = dict(num_convs=4, channels=256, encoder='1x1', use_decoder=True, roi_size=14,
-                     mask_size=28, recon_weight=0.5, max_rois_per_image=128)
+                     mask_size=28, recon_weight=0.5, max_rois_per_image=128,
+                     # > 1: run on the smallest of this many slot buckets (cap, cap/2, ...)
+                     # that holds the batch's positives; see modeling/zsi.mask_roi_buckets.
+                     roi_buckets=4)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from zsi_jax.modeling.zsi import ZSIModel, init_variables
+from zsi_jax.modeling.zsi import ZSIModel, init_variables, mask_roi_buckets
 
 D = 16
 K_MAX = 6
@@ -139,3 +139,39 @@ def test_detect_outputs(setup, scoring):
   assert np.all((cls[valid] >= 0) & (cls[valid] < 4)) and np.all(cls[~valid] == -1)
   m = np.asarray(out['masks'])
   assert np.all((m >= 0) & (m <= 1))
+
+
+def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
+  # The mask head runs in the smallest slot bucket holding the batch's
+  # positives; the loss must be that of the full cap (no positive dropped).
+  cfg, _, variables, vecs = setup
+  assert mask_roi_buckets(128, 4) == (16, 32, 64, 128)
+  assert mask_roi_buckets(8, 1) == (8,)
+  assert mask_roi_buckets(2, 4) == (1, 2)
+  params = variables['params']
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+  batch = make_batch(np.random.default_rng(5), n_real=(1, 1))
+  out = {}
+  for buckets in (1, 4):
+    c = cfg.copy_and_resolve_references()
+    c.roi_sampling.num_samples = 64
+    c.mask_head.max_rois_per_image = 16
+    c.mask_head.roi_buckets = buckets
+    model = ZSIModel(config=c, background_init=tuple(vecs.mean(0).tolist()))
+
+    def loss(p):
+      terms, aux = model.apply({'params': p, **rest}, batch, jnp.asarray(vecs),
+                               jnp.asarray(np.arange(K_MAX) < 3), jax.random.PRNGKey(0), True,
+                               method=ZSIModel.losses)
+      return terms['total'], (terms, aux)
+
+    (_, (terms, aux)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    out[buckets] = terms, aux, grads
+  (t1, a1, g1), (t4, a4, g4) = out[1], out[4]
+  positives = int(a1['num_mask_rois'])
+  assert 0 < positives < 8, positives            # so a bucket below the cap (16) runs
+  assert int(a4['mask_bucket']) < 3 and int(a4['num_mask_rois']) == positives
+  for k in t1:
+    np.testing.assert_allclose(float(t4[k]), float(t1[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

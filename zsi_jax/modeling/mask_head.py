@@ -7,8 +7,41 @@ back to ``O`` for the reconstruction loss (training only).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+
+class Deconv2x(nn.Module):
+  """2x2 transposed convolution with stride 2 (the mask head's upsampling).
+
+  The same function and parameters (``kernel`` [2, 2, C, O], ``bias`` [O]) as
+  ``nn.ConvTranspose(O, (2, 2), strides=(2, 2))``, written as one matmul and a
+  depth-to-space reshape: the 2x2 windows do not overlap, so each input pixel
+  writes its own 2x2 output patch. XLA's CPU backend computes the kernel
+  gradient of the convolution form as a generic dilated convolution, which
+  took 26 s of a 38 s R50 training step at 256x256 (docs/PERFORMANCE.md);
+  as a matmul it is a GEMM like the rest.
+
+  Attributes:
+    features: output channels O.
+  """
+  features: int
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """[N, H, W, C] -> [N, 2H, 2W, O]."""
+    n, h, w, c = x.shape
+    kernel = self.param('kernel', self.kernel_init, (2, 2, c, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    # nn.ConvTranspose (transpose_kernel=False) correlates the stride-dilated
+    # input with the kernel, so output offset (a, b) of a patch uses kernel[1-a, 1-b].
+    y = jnp.einsum('nhwc,abco->nhawbo', x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype))
+    y = y.reshape(n, 2 * h, 2 * w, self.features)
+    return y + bias.astype(self.dtype)
 
 
 class SemanticMaskHead(nn.Module):
@@ -33,7 +66,9 @@ class SemanticMaskHead(nn.Module):
 
   def _coder(self, x, out_dim, name):
     if self.encoder == '1x1':
-      return nn.Conv(out_dim, (1, 1), dtype=self.dtype, name=name)(x)
+      # A 1x1 convolution as a Dense over channels: its kernel gradient is then
+      # one GEMM (the convolution form was 4x slower on XLA:CPU).
+      return nn.Dense(out_dim, dtype=self.dtype, name=name)(x)
     if self.encoder == 'conv3x3':
       x = nn.relu(nn.Conv(out_dim, (3, 3), padding=1, dtype=self.dtype, name=f'{name}_0')(x))
       return nn.Conv(out_dim, (3, 3), padding=1, dtype=self.dtype, name=f'{name}_1')(x)
@@ -55,8 +90,7 @@ class SemanticMaskHead(nn.Module):
     for i in range(self.num_convs):
       x = nn.relu(nn.Conv(self.channels, (3, 3), padding=1, kernel_init=init,
                           dtype=self.dtype, name=f'conv{i + 1}')(x))
-    x = nn.relu(nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), kernel_init=init,
-                                 dtype=self.dtype, name='deconv')(x))
+    x = nn.relu(Deconv2x(self.channels, kernel_init=init, dtype=self.dtype, name='deconv')(x))
     e = self._coder(x, self.semantic_dim, 'E')
     reconstruction = None
     if self.use_decoder:

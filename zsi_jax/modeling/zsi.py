@@ -12,7 +12,8 @@ feature and RPN code and split after the proposals, as in detectron2.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import functools
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -192,41 +193,70 @@ class ZSIModel(nn.Module):
                                       roi_valid.reshape(-1))
                  if head['reconstruction'] is not None else jnp.zeros(()))
 
-    # --- Semantic mask head on a fixed number of positive RoIs per image.
-    mask_idx, mask_sel_valid = jax.vmap(
-        lambda p: _first_true(p, c.mask_head.max_rois_per_image))(pos)
-    take = lambda x: jnp.take_along_axis(x, mask_idx.reshape(mask_idx.shape + (1,) * (x.ndim - 2)),
-                                         axis=1)
-    m_rois = take(rois)
-    m_labels = jnp.take_along_axis(roi_labels, mask_idx, axis=1)
-    m_gt = jnp.take_along_axis(roi_t['matched_gt'], mask_idx, axis=1)
-    m_targets = jax.vmap(lambda gm, gb, r, g: targets.mask_targets(
-        gm, gb, r, g, output_size=c.mask_head.mask_size))(
-            batch['gt_masks'].astype(jnp.float32), gt_boxes, m_rois, m_gt)
-    mhead = self.mask_head(self._pool(feats, m_rois, c.mask_head.roi_size).reshape(
-        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
+    # --- Semantic mask head on the positive RoIs, in the smallest slot bucket
+    # that holds every image's positives (one static shape per bucket; the
+    # loss is the same whichever bucket runs, see mask_roi_buckets).
     mmat, _ = class_matrix(self._sync_bg(v_b, 'mask'), class_vectors, class_valid)
-    roi_vectors = mmat[jnp.clip(m_labels, 0, None)].reshape(-1, mmat.shape[-1])
-    m_logits = mask_logits_per_roi(mhead['semantic'], roi_vectors)
-    m_valid = mask_sel_valid.reshape(-1)
-    pixels = c.mask_head.mask_size ** 2
-    mask_bce = L.safe_divide(
-        L.sigmoid_binary_cross_entropy(m_logits, m_targets.reshape(m_logits.shape),
-                                       m_valid[:, None, None]),
-        jnp.sum(m_valid) * pixels)
-    mask_recon = (L.reconstruction_mse(mhead['features'], mhead['reconstruction'], m_valid)
-                  if mhead['reconstruction'] is not None else jnp.zeros(()))
+    sizes = mask_roi_buckets(c.mask_head.max_rois_per_image, c.mask_head.get('roi_buckets', 1))
+    most = jnp.max(jnp.sum(pos, axis=1))
+    bucket = jnp.sum(most > jnp.asarray(sizes[:-1], jnp.int32)).astype(jnp.int32)
+    operands = (feats[:4], rois, roi_labels, pos, roi_t['matched_gt'],
+                batch['gt_masks'].astype(jnp.float32), gt_boxes, mmat)
+    if len(sizes) == 1:
+      mask_bce, mask_recon, num_mask_rois = self._mask_loss(*operands, n=sizes[0])
+    else:
+      branches = [functools.partial(ZSIModel._mask_loss, n=n) for n in sizes]
+      mask_bce, mask_recon, num_mask_rois = nn.switch(bucket, branches, self, *operands)
 
     terms = dict(rpn_cls=rpn_cls, rpn_box=rpn_box, det_cls=det_cls, det_box=det_box,
                  det_recon=c.box_head.recon_weight * recon_scale * det_recon,
                  mask_bce=mask_bce,
                  mask_recon=c.mask_head.recon_weight * recon_scale * mask_recon)
     total = sum(terms.values())
-    aux = dict(num_pos_rois=jnp.sum(pos), num_rois=num_rois, num_mask_rois=jnp.sum(m_valid),
+    aux = dict(num_pos_rois=jnp.sum(pos), num_rois=num_rois, num_mask_rois=num_mask_rois,
+               mask_bucket=bucket,
                num_rpn_sampled=num_sampled, num_rpn_pos=jnp.sum(rpn_t['labels'] == 1),
                num_proposals=jnp.sum(props_valid),
                v_b_norm=jnp.linalg.norm(v_b))
     return dict(total=total, **terms), aux
+
+  def _mask_loss(self, levels, rois, roi_labels, pos, matched_gt, gt_masks, gt_boxes, mmat, n):
+    """Mask BCE and reconstruction on the first ``n`` positive RoIs of each image.
+
+    Args:
+      levels: P2..P5 ``[B, H_l, W_l, C]``.
+      rois, roi_labels, pos, matched_gt: sampled RoIs ``[B, R, 4]``, their
+        labels (0 background), positive flags and matched ground truth ``[B, R]``.
+      gt_masks: ``[B, G, M, M]`` float box-cropped ground-truth masks.
+      gt_boxes: ``[B, G, 4]``.
+      mmat: ``[K+1, D]`` the mask head's ``[v_b; W]``.
+      n: static slots per image (positives beyond ``n`` would be dropped, so
+        callers pass ``n`` >= every image's positive count, or the cap).
+    Returns:
+      (mask BCE, unweighted reconstruction MSE, number of mask RoIs).
+    """
+    c = self.config
+    mask_idx, m_valid = jax.vmap(lambda p: _first_true(p, n))(pos)
+    take = lambda x: jnp.take_along_axis(x, mask_idx.reshape(mask_idx.shape + (1,) * (x.ndim - 2)),
+                                         axis=1)
+    m_rois = take(rois)
+    m_labels = jnp.take_along_axis(roi_labels, mask_idx, axis=1)
+    m_gt = jnp.take_along_axis(matched_gt, mask_idx, axis=1)
+    m_targets = jax.vmap(lambda gm, gb, r, g: targets.mask_targets(
+        gm, gb, r, g, output_size=c.mask_head.mask_size))(gt_masks, gt_boxes, m_rois, m_gt)
+    mhead = self.mask_head(self._pool(levels, m_rois, c.mask_head.roi_size).reshape(
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
+    roi_vectors = mmat[jnp.clip(m_labels, 0, None)].reshape(-1, mmat.shape[-1])
+    m_logits = mask_logits_per_roi(mhead['semantic'], roi_vectors)
+    m_valid = m_valid.reshape(-1)
+    pixels = c.mask_head.mask_size ** 2
+    bce = L.safe_divide(
+        L.sigmoid_binary_cross_entropy(m_logits, m_targets.reshape(m_logits.shape),
+                                       m_valid[:, None, None]),
+        jnp.sum(m_valid) * pixels)
+    recon = (L.reconstruction_mse(mhead['features'], mhead['reconstruction'], m_valid)
+             if mhead['reconstruction'] is not None else jnp.zeros(()))
+    return bce, recon, jnp.sum(m_valid)
 
   def _vocabulary(self):
     return self.vocabulary.value if self.config.box_head.vocabulary_size else None
@@ -325,6 +355,21 @@ class ZSIModel(nn.Module):
     """Feature pass used for initialisation: returns the RPN outputs and ``v_b``."""
     feats = self._features(images, train)
     return self.rpn(feats)
+
+
+def mask_roi_buckets(cap: int, num_buckets: int) -> Tuple[int, ...]:
+  """Slot counts the mask head may run at: ``cap`` and its halvings.
+
+  The sampler yields at most ``cap`` positives per image (25% of 512 = 128 on
+  COCO), but early in training, and on images with few objects, far fewer: the
+  mask head (4 convolutions at 14x14 and their gradients) on empty slots was
+  most of a CPU train step. Training picks, per batch, the smallest bucket that
+  holds every image's positives, so no positive is ever dropped and the loss
+  does not depend on the buckets; each bucket is one more compiled branch.
+
+  Returns e.g. (16, 32, 64, 128) for cap 128 and 4 buckets.
+  """
+  return tuple(sorted({max(1, cap >> i) for i in range(max(1, num_buckets))}))
 
 
 def _first_true(mask, n):

@@ -1,0 +1,357 @@
+"""Train-step and inference throughput: zsi_jax beside torchvision's Mask R-CNN.
+
+The zsi_jax side is the COCO R50-FPN configuration (configs/coco_common.py
+with ``backbone.depth=50``: BA-RPN, semantic box head with decoder, semantic
+mask head with decoder, Sync-bg; 65 training classes with 300-d vectors). The
+torchvision side is ``MaskRCNN`` on ``resnet_fpn_backbone('resnet50')`` with
+FrozenBatchNorm and layers 2-4 trainable (what ``maskrcnn_resnet50_fpn`` builds
+for fine-tuning from ImageNet; with ``weights=None`` it would train every layer
+with plain BatchNorm, which is not the recipe), random weights, 66 classes and
+the same settings: image size (no resizing), batch, proposals (train 2000/2000,
+test 1000/1000 per image), 256 anchors at 50% positive, 512 RoIs at 25%
+positive, 100 detections at score threshold 0 (so both paste 100 masks per
+image), SGD with momentum, weight decay and gradient clipping.
+
+Each framework runs in its own subprocess (so peak memory is its own), with the
+same number of CPU threads. Measured after compilation / warm-up:
+  train: seconds per step and images/second (median of --steps steps);
+  infer: images/second for the forward pass plus mask pasting into the image
+         (torchvision's ``paste_masks_in_image`` in its postprocess; zsi_jax's
+         host-side ``paste_masks``);
+  compile: seconds to lower + compile the train step and the detect function
+           (zsi_jax), and whether any compilation happened during the timed
+           steps (it must not);
+  peak memory: process max RSS on the CPU, allocator peak on a GPU.
+
+Usage:
+  python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5]
+      [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
+  --size takes 512 (square) or HxW, e.g. 800x1344.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+NUM_CLASSES = 65     # COCO 65/15 training classes
+VECTOR_DIM = 300     # word2vec
+NUM_GT = 8           # real instances per image (padded to MAX_GT on the JAX side)
+MAX_GT = 100
+MASK_GT = 56
+
+
+def parse_size(s: str):
+  if 'x' in s:
+    h, w = s.split('x')
+    return int(h), int(w)
+  return int(s), int(s)
+
+
+def synthetic_instances(rng, batch, hw):
+  """[B, NUM_GT] random boxes (x1, y1, x2, y2) inside ``hw``, classes and ellipse masks.
+
+  Returns boxes [B, G, 4] float32, classes [B, G] int (0..K-1) and full-image
+  masks [B, G, H, W] uint8 (an ellipse inscribed in each box).
+  """
+  h, w = hw
+  wh = rng.uniform(0.1, 0.4, (batch, NUM_GT, 2)) * np.array([w, h])
+  xy = rng.uniform(0, 1, (batch, NUM_GT, 2)) * (np.array([w, h]) - wh)
+  boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  classes = rng.integers(0, NUM_CLASSES, (batch, NUM_GT))
+  yy, xx = np.mgrid[0:h, 0:w]
+  masks = np.zeros((batch, NUM_GT, h, w), np.uint8)
+  for i in range(batch):
+    for j in range(NUM_GT):
+      x1, y1, x2, y2 = boxes[i, j]
+      cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+      masks[i, j] = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1
+  return boxes, classes, masks
+
+
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------- zsi_jax
+def run_jax(args) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from configs.coco_common import coco_config
+  from zsi_jax.modeling.zsi import init_variables
+  from zsi_jax.ops.postprocess import paste_masks
+  from zsi_jax.training.loop import build_model, pad_class_vectors, trainable_mask
+  from zsi_jax.training.optimizer import make_optimizer
+  from zsi_jax.training.train_step import create_state, make_train_step
+
+  hw = parse_size(args.size)
+  c = coco_config('65_15', learning_rate=0.01, warmup_steps=100)
+  c.model.backbone.depth = 50
+  c.model.dtype = args.dtype
+  c.model.test.score_threshold = 0.0
+  c.data.batch_size = args.batch
+  rng = np.random.default_rng(0)
+  vecs = rng.normal(size=(NUM_CLASSES, VECTOR_DIM)).astype(np.float32)
+  vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+  model = build_model(c, vecs.mean(0), NUM_CLASSES)
+  variables = init_variables(model, jax.random.PRNGKey(0), hw)
+  tx, _ = make_optimizer(c, steps_per_epoch=1000,
+                         trainable=trainable_mask(variables['params'], c.model))
+  state = create_state(variables, tx, jax.random.PRNGKey(1))
+  cv, cm = pad_class_vectors(vecs, NUM_CLASSES)
+
+  boxes, classes, full_masks = synthetic_instances(rng, args.batch, hw)
+  # Ground-truth masks as the input pipeline stores them: cropped to the box
+  # and resized to MASK_GT x MASK_GT (nearest sampling is enough here).
+  crops = np.zeros((args.batch, MAX_GT, MASK_GT, MASK_GT), np.uint8)
+  for i in range(args.batch):
+    for j in range(NUM_GT):
+      x1, y1, x2, y2 = boxes[i, j]
+      ys = np.clip((y1 + (np.arange(MASK_GT) + 0.5) * (y2 - y1) / MASK_GT).astype(int), 0, hw[0] - 1)
+      xs = np.clip((x1 + (np.arange(MASK_GT) + 0.5) * (x2 - x1) / MASK_GT).astype(int), 0, hw[1] - 1)
+      crops[i, j] = full_masks[i, j][np.ix_(ys, xs)]
+  pad = lambda a, fill: np.concatenate(
+      [a, np.full((args.batch, MAX_GT - NUM_GT) + a.shape[2:], fill, a.dtype)], 1)
+  batch = dict(image=rng.normal(size=(args.batch,) + hw + (3,)).astype(np.float32),
+               gt_boxes=pad(boxes, 0), gt_classes=pad(classes.astype(np.int32), -1),
+               gt_valid=pad(np.ones((args.batch, NUM_GT), bool), False),
+               gt_crowd=np.zeros((args.batch, MAX_GT), bool), gt_masks=crops,
+               input_hw=np.tile(np.array(hw, np.int32), (args.batch, 1)))
+  batch = jax.device_put(batch)
+  cv_d, cm_d = jax.device_put(cv), jax.device_put(cm)
+
+  # Compile-time events of jax (tracing, lowering, XLA compilation) and their seconds.
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, secs, **kw: events.append((name, secs))
+      if name.startswith('/jax/core/compile/') else None)
+  backend_compiles = lambda: sum(n.endswith('backend_compile_duration') for n, _ in events)
+
+  out = dict(side='zsi_jax', device=str(jax.devices()[0].device_kind), dtype=args.dtype)
+  step = jax.jit(make_train_step(model, tx, False), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  state, m = step(state, batch, cv_d, cm_d)     # first step: trace, lower, compile, run
+  jax.block_until_ready(m)
+  out['train_first_step_s'] = time.perf_counter() - t0
+  out['train_compile_s'] = sum(s for _, s in events)
+  n_before = backend_compiles()
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    state, m = step(state, batch, cv_d, cm_d)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  out['train_step_s'] = float(np.median(times))
+  out['train_img_per_s'] = args.batch / out['train_step_s']
+  out['train_loss'] = float(m['total'])
+  # RoIs the heads see per image: positives among the sampled RoIs and the
+  # fixed number of mask-head slots (zsi_jax pads to max_rois_per_image).
+  out['positive_rois_per_image'] = float(m['num_pos_rois']) / args.batch
+  out['mask_head_rois_per_image'] = c.model.mask_head.max_rois_per_image
+  out['recompiles_during_steps'] = backend_compiles() - n_before
+  out['train_cache_size'] = step._cache_size()
+
+  variables = {'params': state.params, **state.model_state}
+  detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
+  def infer():
+    det = jax.device_get(detect(variables, batch['image'], batch['input_hw']))
+    for i in range(args.batch):
+      v = det['valid'][i]
+      paste_masks(det['masks'][i][v], det['boxes'][i][v], hw)
+    return det
+
+  n_events = len(events)
+  t0 = time.perf_counter()
+  det = infer()                                 # first call: compile
+  out['detect_first_call_s'] = time.perf_counter() - t0
+  out['detect_compile_s'] = sum(s for _, s in events[n_events:])
+  out['detections_per_image'] = float(det['valid'].sum(1).mean())
+  n_before = backend_compiles()
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    infer()
+    times.append(time.perf_counter() - t)
+  out['infer_batch_s'] = float(np.median(times))
+  out['infer_img_per_s'] = args.batch / out['infer_batch_s']
+  out['recompiles_during_steps'] += backend_compiles() - n_before
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    out['peak_mem_mib'] = stats['peak_bytes_in_use'] / 2**20
+    out['peak_mem_kind'] = 'device allocator peak'
+  else:
+    out['peak_mem_mib'] = peak_rss_mib()
+    out['peak_mem_kind'] = 'process max RSS'
+  return out
+
+
+# ---------------------------------------------------------------------------- torchvision
+def run_torch(args) -> dict:
+  import torch
+  from torchvision.models.detection import MaskRCNN
+  from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+  from torchvision.ops import FrozenBatchNorm2d
+
+  torch.manual_seed(0)
+  dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  hw = parse_size(args.size)
+  backbone = resnet_fpn_backbone(backbone_name='resnet50', weights=None,
+                                 norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+  model = MaskRCNN(
+      backbone, num_classes=NUM_CLASSES + 1, min_size=min(hw), max_size=max(hw),
+      rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000,
+      rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+      rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+      box_batch_size_per_image=512, box_positive_fraction=0.25,
+      box_score_thresh=0.0, box_nms_thresh=0.5, box_detections_per_img=100).to(dev)
+  params = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+  rng = np.random.default_rng(0)
+  boxes, classes, masks = synthetic_instances(rng, args.batch, hw)
+  images = [torch.from_numpy(rng.uniform(0, 1, (3,) + hw).astype(np.float32)).to(dev)
+            for _ in range(args.batch)]
+  targets = [dict(boxes=torch.from_numpy(boxes[i]).to(dev),
+                  labels=torch.from_numpy(classes[i] + 1).to(dev),
+                  masks=torch.from_numpy(masks[i]).to(dev)) for i in range(args.batch)]
+  # Count the positives among the sampled RoIs (torchvision's mask head runs
+  # on exactly these; zsi_jax on a fixed number of slots).
+  positives = []
+  select = model.roi_heads.select_training_samples
+
+  def counting_select(proposals, targets):
+    res = select(proposals, targets)
+    positives.append(float(np.mean([int((l > 0).sum()) for l in res[2]])))
+    return res
+
+  model.roi_heads.select_training_samples = counting_select
+  amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
+  sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+
+  def train_step():
+    model.train()
+    with amp:
+      loss = sum(model(images, targets).values())
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 35.0)
+    opt.step()
+    sync()
+    return float(loss)
+
+  def infer():
+    model.eval()
+    with torch.no_grad(), amp:
+      out = model(images)
+    sync()
+    return out
+
+  out = dict(side='torchvision', device=torch.cuda.get_device_name() if dev.type == 'cuda'
+             else 'cpu', dtype=args.dtype, threads=torch.get_num_threads())
+  if dev.type == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
+  train_step()                                   # warm-up
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    loss = train_step()
+    times.append(time.perf_counter() - t)
+  out['train_step_s'] = float(np.median(times))
+  out['train_img_per_s'] = args.batch / out['train_step_s']
+  out['train_loss'] = loss
+  out['positive_rois_per_image'] = positives[-1]
+  out['mask_head_rois_per_image'] = positives[-1]
+  det = infer()
+  out['detections_per_image'] = float(np.mean([len(d['boxes']) for d in det]))
+  times = []
+  for _ in range(args.steps):
+    t = time.perf_counter()
+    infer()
+    times.append(time.perf_counter() - t)
+  out['infer_batch_s'] = float(np.median(times))
+  out['infer_img_per_s'] = args.batch / out['infer_batch_s']
+  if dev.type == 'cuda':
+    out['peak_mem_mib'] = torch.cuda.max_memory_allocated() / 2**20
+    out['peak_mem_kind'] = 'device allocator peak'
+  else:
+    out['peak_mem_mib'] = peak_rss_mib()
+    out['peak_mem_kind'] = 'process max RSS'
+  return out
+
+
+# ---------------------------------------------------------------------------- driver
+def run_side_subprocess(args, side: str) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), '--side', side, '--size', args.size,
+         '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
+         '--threads', str(args.threads)]
+  p = subprocess.run(cmd, capture_output=True, text=True)
+  if p.returncode != 0:
+    raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')
+  return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def report(results, args) -> str:
+  rows = [('train step (s)', 'train_step_s', '{:.3f}'), ('train img/s', 'train_img_per_s', '{:.2f}'),
+          ('infer img/s', 'infer_img_per_s', '{:.2f}'), ('peak memory (MiB)', 'peak_mem_mib', '{:.0f}'),
+          ('positive RoIs / image', 'positive_rois_per_image', '{:.0f}'),
+          ('mask-head RoIs / image', 'mask_head_rois_per_image', '{:.0f}'),
+          ('compile train (s)', 'train_compile_s', '{:.1f}'),
+          ('compile detect (s)', 'detect_compile_s', '{:.1f}')]
+  sides = [r['side'] for r in results]
+  lines = [f"size {args.size}, batch {args.batch}, {args.dtype}, threads {args.threads}, "
+           f"device {results[0]['device']}",
+           f"{'':22s}" + ''.join(f'{s:>14s}' for s in sides) + ('     ratio' if len(sides) == 2 else '')]
+  for label, key, fmt in rows:
+    vals = [r.get(key) for r in results]
+    line = f'{label:22s}' + ''.join(f'{fmt.format(v) if v is not None else "-":>14s}' for v in vals)
+    if len(vals) == 2 and None not in vals and key.endswith('per_s'):
+      line += f'  {vals[0] / vals[1]:8.2f}x'
+    lines.append(line)
+  for r in results:
+    if 'recompiles_during_steps' in r:
+      lines.append(f"{r['side']}: compilations during the timed steps: "
+                   f"{r['recompiles_during_steps']}; train-step cache entries: "
+                   f"{r['train_cache_size']}")
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--size', default='512')
+  p.add_argument('--batch', type=int, default=2)
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--sides', default='jax,torch')
+  p.add_argument('--threads', type=int, default=os.cpu_count(),
+                 help='torch intra-op threads (XLA uses one per core)')
+  p.add_argument('--side', default='', help=argparse.SUPPRESS)
+  p.add_argument('--json', default='', help='append the results (one JSON line per run)')
+  args = p.parse_args()
+  if args.side:
+    # XLA's CPU client uses one intra-op thread per core; torch gets the same count.
+    if args.side == 'jax':
+      print(json.dumps(run_jax(args)))
+    else:
+      import torch
+      torch.set_num_threads(args.threads)
+      print(json.dumps(run_torch(args)))
+    return
+  results = [run_side_subprocess(args, s) for s in args.sides.split(',')]
+  print(report(results, args))
+  if args.json:
+    with open(args.json, 'a') as f:
+      f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
+                              threads=args.threads, results=results)) + '\n')
+
+
+if __name__ == '__main__':
+  main()
