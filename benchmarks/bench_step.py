@@ -88,7 +88,7 @@ def run_jax(args) -> dict:
   import jax.numpy as jnp
 
   from configs.coco_common import coco_config
-  from zsi_jax.modeling.zsi import init_variables
+  from zsi_jax.modeling.zsi import init_variables, mask_roi_buckets
   from zsi_jax.ops.postprocess import paste_masks
   from zsi_jax.training.loop import build_model, pad_class_vectors, trainable_mask
   from zsi_jax.training.optimizer import make_optimizer
@@ -157,9 +157,17 @@ def run_jax(args) -> dict:
   # RoIs the heads see per image: positives among the sampled RoIs and the
   # fixed number of mask-head slots (zsi_jax pads to max_rois_per_image).
   out['positive_rois_per_image'] = float(m['num_pos_rois']) / args.batch
-  out['mask_head_rois_per_image'] = c.model.mask_head.max_rois_per_image
   out['recompiles_during_steps'] = backend_compiles() - n_before
   out['train_cache_size'] = step._cache_size()
+  out['mask_head_rois_per_image'] = mask_roi_buckets(
+      c.model.mask_head.max_rois_per_image, c.model.mask_head.roi_buckets)[int(m['mask_bucket'])]
+  if args.profile:
+    # One more step under the profiler, and the compiled HLO to name its ops.
+    with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+      state, m = step(state, batch, cv_d, cm_d)
+      jax.block_until_ready(m)
+    with open(os.path.join(args.profile, 'train_step.hlo.txt'), 'w') as f:
+      f.write(step.lower(state, batch, cv_d, cm_d).compile().as_text())
 
   variables = {'params': state.params, **state.model_state}
   detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
@@ -292,7 +300,7 @@ def run_torch(args) -> dict:
 def run_side_subprocess(args, side: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--side', side, '--size', args.size,
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
-         '--threads', str(args.threads)]
+         '--threads', str(args.threads), '--profile', args.profile]
   p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
     raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')
@@ -333,6 +341,9 @@ def main():
   p.add_argument('--sides', default='jax,torch')
   p.add_argument('--threads', type=int, default=os.cpu_count(),
                  help='torch intra-op threads (XLA uses one per core)')
+  p.add_argument('--profile', default='',
+                 help='zsi_jax side: write a jax.profiler trace of one train step here '
+                      '(summarise with benchmarks/top_ops.py)')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()

@@ -6,8 +6,9 @@ python experiments/ablations.py [--steps 1000] [--ablation_steps 600] [--seeds 0
 Each variant is ``configs/shapes.py`` plus ``--config.*`` overrides, trained
 with train.py and evaluated with eval.py (ZSI and GZSI) in its own workdir
 under --runs. A variant whose workdir already has its final checkpoint and
-metrics is not trained again, so an interrupted sweep resumes where it stopped
-and the tables can be rewritten from finished runs alone (--skip_training).
+metrics is not trained again, so an interrupted sweep resumes where it stopped.
+Each finished run's metrics are also kept in docs/results/ (committed), from
+which the tables can be rewritten alone (--skip_training), runs/ or not.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ BA_RPN_NO_SYNC = ('model.rpn.semantic=True', 'model.sync_bg.det=False',
 
 # name -> (config overrides, unseen scoring). The full model is the default config.
 VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
-    'full': ((), 'direct'),
-    'full_projected': ((), 'projected'),      # same checkpoint, other scoring
+    'full': ((), 'direct'),                   # the main runs (--steps, all seeds)
+    'full_ref': ((), 'direct'),               # the full model at --ablation_steps: the
+                                              # reference row of every ablation table
+    'full_projected': ((), 'projected'),      # full_ref's checkpoint, other scoring
     'zsd_smh_e': (NO_DECODERS + PLAIN_RPN, 'direct'),
     'smh_decoder': (('model.box_head.use_decoder=False',) + PLAIN_RPN, 'direct'),
     'det_decoder': (PLAIN_RPN, 'direct'),
@@ -44,7 +47,7 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     'sync_no_grad': (('model.sync_bg.gradients=False',), 'direct'),
 }
 # Variants sharing a checkpoint with another one (evaluation-only).
-SAME_CHECKPOINT = {'full_projected': 'full'}
+SAME_CHECKPOINT = {'full_projected': 'full_ref'}
 
 # Paper numbers (COCO 65/15) for the direction of each effect: ZSI mask
 # Recall@100 at IoU 0.4 / 0.5 / 0.6 and mAP@0.5 (Tables 1 and 5), and GZSI
@@ -53,7 +56,7 @@ PAPER_T1 = {
     'zsd_smh_e': (48.9, 42.6, 35.5, 9.1),
     'smh_decoder': (51.7, 45.8, 38.7, 10.1),
     'det_decoder': (52.4, 47.0, 40.5, 10.3),
-    'full': (55.8, 50.0, 42.9, 10.5),
+    'full_ref': (55.8, 50.0, 42.9, 10.5),
 }
 PAPER_T5 = {  # ZSI R@0.4, ZSI R@0.5, ZSD R@0.5 (65/15)
     'zsd_smh_e': (48.9, 42.6, 35.5),
@@ -62,15 +65,15 @@ PAPER_T5 = {  # ZSI R@0.4, ZSI R@0.5, ZSD R@0.5 (65/15)
     'sync_det': (51.9, 45.3, 37.9),
     'sync_both': (53.7, 47.4, 39.9),
 }
-PAPER_T6 = {'random': (0.2, 0.0), 'onehot': (0.3, 0.0), 'full': (58.9, 13.6)}
+PAPER_T6 = {'random': (0.2, 0.0), 'onehot': (0.3, 0.0), 'full_ref': (58.9, 13.6)}
 
 GROUPS = {
     'main': ['full'],
-    'table1': ['zsd_smh_e', 'smh_decoder', 'det_decoder', 'full'],
+    'table1': ['zsd_smh_e', 'smh_decoder', 'det_decoder', 'full_ref'],
     'table5': ['zsd_smh_e', 'ba_rpn', 'sync_mask', 'sync_det', 'sync_both'],
-    'table6': ['full', 'onehot', 'random'],
-    'scoring': ['full', 'full_projected'],
-    'gradients': ['full', 'sync_no_grad'],
+    'table6': ['full_ref', 'onehot', 'random'],
+    'scoring': ['full_ref', 'full_projected'],
+    'gradients': ['full_ref', 'sync_no_grad'],
 }
 
 
@@ -78,8 +81,14 @@ def run_dir(runs: str, name: str, seed: int, steps: int) -> str:
   return os.path.join(runs, f'{SAME_CHECKPOINT.get(name, name)}_s{seed}_n{steps}')
 
 
+# Every finished run's metrics are kept here (committed), so the tables can be
+# rewritten anywhere, after runs/ is gone (--skip_training).
+RESULTS_DIR = os.path.join(ROOT, 'docs', 'results')
+
+
 def metrics_path(workdir: str, name: str, setting: str) -> str:
-  return os.path.join(workdir, 'sweep', f'{name}_{setting}.json')
+  run = os.path.basename(workdir).replace(SAME_CHECKPOINT.get(name, name), name, 1)
+  return os.path.join(RESULTS_DIR, f'{run}_{setting}.json')
 
 
 def run_variant(name: str, seed: int, steps: int, runs: str, data: str, log) -> Dict[str, dict]:
@@ -101,7 +110,7 @@ def run_variant(name: str, seed: int, steps: int, runs: str, data: str, log) -> 
          '--scoring', scoring]
   log(f'[{name} seed {seed}] ' + ' '.join(cmd[1:]))
   _check(cmd, os.path.join(workdir + f'.eval_{scoring}.log'))
-  os.makedirs(os.path.join(workdir, 'sweep'), exist_ok=True)
+  os.makedirs(RESULTS_DIR, exist_ok=True)
   out = {}
   for setting, path in done.items():
     with open(os.path.join(workdir, 'eval', f'{setting}_metrics.json')) as f:
@@ -185,7 +194,10 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
         'classification is often rewarded); mAP@0.5 is the number that measures whether the '
         'unseen class is ranked right. Compare the controls below on both.', '']
 
-  if res.get('full'):
+  if not res.get('full'):
+    L += ['## Main result', '', f'Not run yet (`python experiments/ablations.py --only main '
+          f'--steps {steps}`).', '']
+  else:
     rows = list(res['full'].values())
     L += [f'## Main result (default config, {steps} steps, seeds {", ".join(map(str, seeds))}; '
           'mean ± sd)', '',
@@ -229,13 +241,12 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
     L.append('')
 
   t1_labels = {'zsd_smh_e': 'ZSD + SMH encoder (baseline)', 'smh_decoder': '+ SMH decoder',
-               'det_decoder': '+ Det decoder', 'full': '+ BA-RPN & Sync-bg (full)'}
+               'det_decoder': '+ Det decoder', 'full_ref': '+ BA-RPN & Sync-bg (full)'}
   abl = f'{ablation_steps} steps, seed {seeds[0]}'
   table('Table 1: components', GROUPS['table1'], t1_labels, PAPER_T1,
         '| variant | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 | ZSD mAP '
         '| paper (R@0.4 / 0.5 / 0.6 / mAP) | direction of ZSI R@0.5 vs baseline |',
-        zsi_row, f'Each row adds to the one above ({abl}; the full model row is the {steps}-step '
-        'main run, seed 0).')
+        zsi_row, f'Each row adds to the one above ({abl}).')
   t5_labels = {'zsd_smh_e': 'RPN', 'ba_rpn': 'BA-RPN', 'sync_mask': 'BA-RPN & Sync-bg in mask',
                'sync_det': 'BA-RPN & Sync-bg in det', 'sync_both': 'BA-RPN & Sync-bg'}
   table('Table 5: BA-RPN and Sync-bg', GROUPS['table5'], t5_labels, PAPER_T5,
@@ -243,14 +254,13 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
         '| paper (ZSI R@0.4 / ZSI R@0.5 / ZSD R@0.5) | direction of ZSI R@0.5 vs RPN |',
         zsi_row, f'All rows without decoders, as in the paper ({abl}).')
 
-  t6_labels = {'full': 'word vectors (attributes)', 'onehot': 'one-hot', 'random': 'random'}
+  t6_labels = {'full_ref': 'word vectors (attributes)', 'onehot': 'one-hot', 'random': 'random'}
   have = [n for n in GROUPS['table6'] if res.get(n)]
   if have:
     L += ['## Table 6: the semantics carry the transfer', '',
           'GZSI masks at IoU 0.5 and ZSI masks. One-hot: each class its own axis, so unseen '
           'vectors are orthogonal to every seen one. Random: fixed random unit vectors (seeded) '
-          f'with no relation between classes that share a word ({abl}; word vectors = main run, '
-          'seed 0).', '',
+          f'with no relation between classes that share a word ({abl}).', '',
           '| vectors | GZSI unseen R@100 | GZSI unseen mAP | GZSI seen R@100 | ZSI R@0.5 | ZSI mAP '
           '| paper unseen R@100 / mAP |', '|---|---|---|---|---|---|---|']
     for n in have:
@@ -262,23 +272,23 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
                f'| {_pct(z[3])} | {p[0]:.1f} / {p[1]:.1f} |')
     L.append('')
 
-  if res.get('full') and res.get('full_projected'):
+  if res.get('full_ref') and res.get('full_projected'):
     L += ['## Unseen scoring: direct (paper) vs projected through the seen vectors (authors\' code)',
-          '', f'Same checkpoint (main run, seed {seeds[0]}).', '',
+          '', f'Same checkpoint (the full model, {abl}).', '',
           '| scoring | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 | ZSD mAP '
           '| GZSI unseen R | GZSI unseen mAP | GZSI HM mAP |', '|---|---|---|---|---|---|---|---|---|---|']
-    for n, label in (('full', 'direct'), ('full_projected', 'projected')):
+    for n, label in (('full_ref', 'direct'), ('full_projected', 'projected')):
       m = first(n)
       g = gzsi_row(m)
       L.append(f'| {label} | ' + ' | '.join(_pct(x) for x in zsi_row(m))
                + f' | {_pct(g[2])} | {_pct(g[3])} | {_pct(g[5])} |')
     L.append('')
-  if res.get('full') and res.get('sync_no_grad'):
+  if res.get('full_ref') and res.get('sync_no_grad'):
     L += ['## Sync-bg gradients: heads train v_b (paper, Algorithm 1) vs detached (authors\' code)',
-          '', f'({ablation_steps} steps for the detached run; the paper has no number for this.)', '',
+          '', f'({abl}; the paper has no number for this.)', '',
           '| v_b gradients from heads | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 '
           '| ZSD mAP |', '|---|---|---|---|---|---|---|']
-    for n, label in (('full', 'on'), ('sync_no_grad', 'off')):
+    for n, label in (('full_ref', 'on'), ('sync_no_grad', 'off')):
       L.append(f'| {label} | ' + ' | '.join(_pct(x) for x in zsi_row(first(n))) + ' |')
     L.append('')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -306,13 +316,14 @@ def main(argv=None):
     if g not in GROUPS:
       raise SystemExit(f'unknown group {g!r}; choose from {", ".join(GROUPS)}')
     names += [n for n in GROUPS[g] if n not in names]
-  # The main model (full, all seeds) first: every table compares against it.
-  plan = [('full', s, a.steps) for s in seeds] if 'full' in names else []
-  plan += [('full_projected', seeds[0], a.steps)] if 'full_projected' in names else []
-  # The controls first (they carry the main claim), then the component tables.
-  rest = sorted((n for n in names if n not in ('full', 'full_projected')),
-                key=lambda n: (n not in ('onehot', 'random'), list(VARIANTS).index(n)))
-  plan += [(n, seeds[0], a.ablation_steps) for n in rest]
+  # The ablation reference first (every table compares against it), the
+  # controls (they carry the main claim), the component tables, all at
+  # --ablation_steps; then the main runs (full model, --steps, all seeds).
+  rest = sorted((n for n in names if n != 'full'),
+                key=lambda n: (n != 'full_ref', n not in ('onehot', 'random'),
+                               list(VARIANTS).index(n)))
+  plan = [(n, seeds[0], a.ablation_steps) for n in rest]
+  plan += [('full', s, a.steps) for s in seeds] if 'full' in names else []
   res: Dict[str, Dict[int, Dict[str, dict]]] = {}
   for name, seed, steps in plan:
     workdir = run_dir(a.runs, name, seed, steps)

@@ -33,7 +33,10 @@ def model_config() -> ml_collections.ConfigDict:
                      mask_size=28, recon_weight=0.5, max_rois_per_image=128,
                      # > 1: run on the smallest of this many slot buckets (cap, cap/2, ...)
                      # that holds the batch's positives; see modeling/zsi.mask_roi_buckets.
-                     roi_buckets=4)
+                     roi_buckets=4,
+                     # 3x3 convolutions: 'auto' (im2col GEMM on CPU, conv elsewhere),
+                     # 'conv' or 'gemm'; see modeling/mask_head.Conv3x3.
+                     conv_impl='auto')
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

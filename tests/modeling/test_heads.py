@@ -7,7 +7,7 @@ import pytest
 
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
-from zsi_jax.modeling.mask_head import (Deconv2x, SemanticMaskHead, mask_logits,
+from zsi_jax.modeling.mask_head import (Conv3x3, Deconv2x, SemanticMaskHead, mask_logits,
                                         mask_logits_per_roi)
 
 D = 12
@@ -126,3 +126,21 @@ def test_deconv2x_is_the_stride2_transposed_convolution():
   g_ref = jax.grad(lambda v, x: jnp.sum(ref.apply(v, x) * w), argnums=(0, 1))(v, x)
   for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('impl', ['gemm', 'conv'])
+def test_conv3x3_matches_nn_conv(impl):
+  # Both implementations: nn.Conv's parameters, values and gradients.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 5, 7)), jnp.float32)
+  ref = nn.Conv(4, (3, 3), padding=1)
+  v = ref.init(jax.random.PRNGKey(0), x)
+  v = jax.tree_util.tree_map(lambda a: a + jax.random.normal(jax.random.PRNGKey(1), a.shape), v)
+  ours = Conv3x3(4, impl)
+  assert jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_map(jnp.shape, v)
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-4)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 5, 4)), jnp.float32)
+  g_ours = jax.grad(lambda v, x: jnp.sum(ours.apply(v, x) * w), argnums=(0, 1))(v, x)
+  g_ref = jax.grad(lambda v, x: jnp.sum(ref.apply(v, x) * w), argnums=(0, 1))(v, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)

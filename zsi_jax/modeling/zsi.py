@@ -77,7 +77,8 @@ class ZSIModel(nn.Module):
         vocabulary_size=c.box_head.vocabulary_size, dtype=dtype)
     self.mask_head = SemanticMaskHead(
         semantic_dim=dim, num_convs=c.mask_head.num_convs, channels=c.mask_head.channels,
-        encoder=c.mask_head.encoder, use_decoder=c.mask_head.use_decoder, dtype=dtype)
+        encoder=c.mask_head.encoder, use_decoder=c.mask_head.use_decoder,
+        conv_impl=c.mask_head.get('conv_impl', 'auto'), dtype=dtype)
     if c.box_head.vocabulary_size:
       # The fixed vocabulary word vectors (reference COCO setting) are a
       # constant collection: saved with the checkpoint, never trained.
