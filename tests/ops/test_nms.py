@@ -35,27 +35,30 @@ def numpy_greedy_nms(boxes, scores, thr, valid=None):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 80), st.floats(0.01, 0.99), st.integers(0, 2**31 - 1))
-def test_matches_torchvision_every_threshold(n, thr, seed):
+@given(st.integers(1, 80), st.floats(0.01, 0.99), st.sampled_from([1, 5, 16, 256]),
+       st.integers(0, 2**31 - 1))
+def test_matches_torchvision_every_threshold(n, thr, block, seed):
   rng = np.random.default_rng(seed)
   # Clustered boxes so that suppression chains (A kills B, B would kill C) occur.
   b = random_boxes(rng, n, hi=40.0, max_size=30.0)
   s = rng.permutation(n).astype(np.float32) / n  # distinct scores: no tie ambiguity
-  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), thr, n)
+  # Any block size (one box per block = the plain sequential loop).
+  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), thr, n, block_size=block)
   ref = torchvision.ops.nms(torch.tensor(b), torch.tensor(s), thr).numpy()
   assert int(num) == len(ref)
   np.testing.assert_array_equal(np.asarray(idx)[:len(ref)], ref)
   assert np.all(np.asarray(idx)[len(ref):] == -1)
 
 
+@pytest.mark.parametrize('block', [7, 256])
 @pytest.mark.parametrize('thr', [0.05, 0.2, 0.35, 0.45])
-def test_low_thresholds_on_dense_chains(thr):
+def test_low_thresholds_on_dense_chains(thr, block):
   # A row of boxes overlapping their neighbours by various amounts: the case in
   # which tiled NMS variants diverge from greedy NMS below 0.5.
   x = np.cumsum(np.linspace(2, 9, 60)).astype(np.float32)
   b = np.stack([x, np.zeros_like(x), x + 10, np.full_like(x, 10)], 1)
   s = np.linspace(1, 0, 60).astype(np.float32)[np.random.default_rng(1).permutation(60)]
-  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), thr, 60)
+  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), thr, 60, block_size=block)
   ref = torchvision.ops.nms(torch.tensor(b), torch.tensor(s), thr).numpy()
   np.testing.assert_array_equal(np.asarray(idx)[:int(num)], ref)
 
@@ -79,7 +82,7 @@ def test_max_output_truncates_and_nan_scores_are_invalid():
   b = random_boxes(rng, 50, hi=500.0, max_size=5.0)
   s = rng.random(50).astype(np.float32)
   s[3] = np.nan
-  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), 0.5, 10)
+  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), 0.5, 10, block_size=8)
   assert int(num) == 10 and 3 not in np.asarray(idx)
   full = numpy_greedy_nms(b, np.nan_to_num(s, nan=-np.inf), 0.5)
   full = full[full != 3]
