@@ -21,10 +21,33 @@ import re
 
 
 def op_names(hlo_text: str):
-  """{hlo op name: metadata op_name} from compiled HLO text."""
-  out = {}
-  for m in re.finditer(r'%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"', hlo_text):
-    out[m.group(1)] = m.group(2)
+  """{hlo op name: metadata op_name} from compiled HLO text.
+
+  A fusion without metadata of its own is named after the first op inside
+  its fused computation that has some (e.g. the convolution of a library
+  fusion).
+  """
+  out, inner, comp = {}, {}, None
+  calls = {}
+  for line in hlo_text.splitlines():
+    head = re.match(r'^%?([\w.\-]+) \(.*\{$', line)
+    if head:
+      comp = head.group(1)
+      continue
+    m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = ', line)
+    if not m:
+      continue
+    name = re.search(r'metadata=\{op_name="([^"]*)"', line)
+    if name:
+      out[m.group(1)] = name.group(1)
+      if comp and comp not in inner:
+        inner[comp] = name.group(1)
+    call = re.search(r'calls=%([\w.\-]+)', line)
+    if call:
+      calls[m.group(1)] = call.group(1)
+  for op, comp in calls.items():
+    if op not in out and comp in inner:
+      out[op] = inner[comp]
   return out
 
 

@@ -13,6 +13,10 @@ def model_config() -> ml_collections.ConfigDict:
   """The authors' COCO model (R101-FPN, BA-RPN, both decoders, Sync-bg)."""
   c = ml_collections.ConfigDict()
   c.dtype = 'float32'                 # 'bfloat16': bf16 compute, f32 params and losses
+  # 3x3 convolutions of the FPN outputs, the RPN and the mask head: 'auto'
+  # (im2col GEMM on CPU, convolution elsewhere), 'conv' or 'gemm'
+  # (modeling/layers.Conv3x3; same parameters either way).
+  c.conv_impl = 'auto'
   c.backbone = dict(depth=101, width=1.0, norm='frozen_bn', frozen_stages=1)
   c.fpn_channels = 256
   c.anchors = dict(strides=(4, 8, 16, 32, 64), scales=(8.0,), ratios=(0.5, 1.0, 2.0))
@@ -33,10 +37,7 @@ def model_config() -> ml_collections.ConfigDict:
                      mask_size=28, recon_weight=0.5, max_rois_per_image=128,
                      # > 1: run on the smallest of this many slot buckets (cap, cap/2, ...)
                      # that holds the batch's positives; see modeling/zsi.mask_roi_buckets.
-                     roi_buckets=4,
-                     # 3x3 convolutions: 'auto' (im2col GEMM on CPU, conv elsewhere),
-                     # 'conv' or 'gemm'; see modeling/mask_head.Conv3x3.
-                     conv_impl='auto')
+                     roi_buckets=4)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

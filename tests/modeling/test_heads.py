@@ -7,7 +7,8 @@ import pytest
 
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
-from zsi_jax.modeling.mask_head import (Conv3x3, Deconv2x, SemanticMaskHead, mask_logits,
+from zsi_jax.modeling.layers import Conv3x3
+from zsi_jax.modeling.mask_head import (Deconv2x, SemanticMaskHead, mask_logits,
                                         mask_logits_per_roi)
 
 D = 12

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zsi_jax.modeling.layers import Conv3x3
+
 
 class BackgroundAwareRPN(nn.Module):
   """BA-RPN head shared over FPN levels.
@@ -28,18 +30,20 @@ class BackgroundAwareRPN(nn.Module):
     num_anchors: anchors per location (A).
     channels: width of the shared conv3x3.
     semantic: BA-RPN (True) or a plain RPN (False).
+    conv_impl: how the shared 3x3 convolution runs (``layers.Conv3x3``).
     dtype: computation dtype.
   """
   background_init: Sequence[float]
   num_anchors: int = 3
   channels: int = 256
   semantic: bool = True
+  conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     init = nn.initializers.normal(0.01)
-    self.conv = nn.Conv(self.channels, (3, 3), padding=1, kernel_init=init,
-                        dtype=self.dtype, name='conv')
+    self.conv = Conv3x3(self.channels, self.conv_impl, kernel_init=init, dtype=self.dtype,
+                        name='conv')
     self.box_deltas = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=init,
                               dtype=self.dtype, name='box_deltas')
     dim = len(self.background_init)

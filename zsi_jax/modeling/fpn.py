@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from zsi_jax.modeling.layers import Conv3x3
+
 
 def upsample_to(x, hw):
   """Nearest x2 upsampling cropped to ``hw`` (odd sizes round up on the way down)."""
@@ -23,9 +25,11 @@ class FPN(nn.Module):
 
   Attributes:
     channels: output width of every level.
+    conv_impl: how the 3x3 output convolutions run (``layers.Conv3x3``).
     dtype: computation dtype.
   """
   channels: int = 256
+  conv_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -36,7 +40,7 @@ class FPN(nn.Module):
                         name=f'lateral{i + 2}')(c) for i, c in enumerate(features)]
     for i in range(len(laterals) - 1, 0, -1):
       laterals[i - 1] = laterals[i - 1] + upsample_to(laterals[i], laterals[i - 1].shape[1:3])
-    outs = [nn.Conv(self.channels, (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
+    outs = [Conv3x3(self.channels, self.conv_impl, kernel_init=init, dtype=self.dtype,
                     name=f'output{i + 2}')(x) for i, x in enumerate(laterals)]
     outs.append(outs[-1][:, ::2, ::2])
     return tuple(outs)

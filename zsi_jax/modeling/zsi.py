@@ -66,10 +66,12 @@ class ZSIModel(nn.Module):
     dtype = jnp.bfloat16 if c.get('dtype', 'float32') == 'bfloat16' else jnp.float32
     self.backbone = ResNet(depth=c.backbone.depth, width=c.backbone.width, norm=c.backbone.norm,
                            frozen_stages=c.backbone.frozen_stages, dtype=dtype)
-    self.fpn = FPN(channels=c.fpn_channels, dtype=dtype)
+    conv_impl = c.get('conv_impl', 'auto')
+    self.fpn = FPN(channels=c.fpn_channels, conv_impl=conv_impl, dtype=dtype)
     self.rpn = BackgroundAwareRPN(background_init=tuple(self.background_init),
                                   num_anchors=len(c.anchors.ratios) * len(c.anchors.scales),
-                                  channels=c.fpn_channels, semantic=c.rpn.semantic, dtype=dtype)
+                                  channels=c.fpn_channels, semantic=c.rpn.semantic,
+                                  conv_impl=conv_impl, dtype=dtype)
     dim = len(self.background_init)
     self.box_head = SemanticBoxHead(
         semantic_dim=dim, fc_dim=c.box_head.fc_dim, use_decoder=c.box_head.use_decoder,
@@ -78,7 +80,7 @@ class ZSIModel(nn.Module):
     self.mask_head = SemanticMaskHead(
         semantic_dim=dim, num_convs=c.mask_head.num_convs, channels=c.mask_head.channels,
         encoder=c.mask_head.encoder, use_decoder=c.mask_head.use_decoder,
-        conv_impl=c.mask_head.get('conv_impl', 'auto'), dtype=dtype)
+        conv_impl=conv_impl, dtype=dtype)
     if c.box_head.vocabulary_size:
       # The fixed vocabulary word vectors (reference COCO setting) are a
       # constant collection: saved with the checkpoint, never trained.
