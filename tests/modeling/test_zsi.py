@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from zsi_jax.modeling.zsi import ZSIModel, init_variables, mask_roi_buckets
+from zsi_jax.modeling.zsi import ZSIModel, class_matrix, init_variables, mask_roi_buckets
 
 D = 16
 K_MAX = 6
@@ -175,3 +175,28 @@ def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
     np.testing.assert_allclose(float(t4[k]), float(t1[k]), rtol=1e-5, atol=1e-6, err_msg=k)
   for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_projected_scoring_keeps_seen_probabilities_in_gzsi(setup):
+  # GZSI with the reference code's projected scoring: seen targets get their
+  # softmax probability, unseen targets p . [v_b; W_s] . w_u (no renormalisation).
+  _, model, variables, vecs = setup
+  rng = np.random.default_rng(7)
+  sem = jnp.asarray(rng.normal(size=(1, 5, D)), jnp.float32)
+  v_b = jnp.asarray(vecs.mean(0))
+  seen, seen_valid = jnp.asarray(vecs), jnp.asarray(np.arange(K_MAX) < 3)
+  order = [0, 3, 1, 4, 2, 5]                    # seen and unseen targets interleaved
+  targets, t_valid = jnp.asarray(vecs[order]), jnp.asarray(np.arange(K_MAX) < 5)
+  scores = model.apply(variables, sem, *class_matrix(v_b, targets, t_valid), v_b, seen, seen_valid,
+                       'projected', 'det', method=ZSIModel._class_scores)
+  ws = np.concatenate([np.asarray(v_b)[None], vecs[:3]])
+  logits = np.asarray(sem) @ ws.T
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  s = np.asarray(scores)
+  for col, cls in enumerate(order[:5]):
+    if cls < 3:
+      np.testing.assert_allclose(s[..., col], p[..., 1 + cls], rtol=1e-5, atol=1e-6)
+    else:
+      np.testing.assert_allclose(s[..., col], (p @ ws) @ vecs[cls], rtol=1e-4, atol=1e-6)
+  assert np.all(s[..., 5] == 0)                 # padded target slot

@@ -318,10 +318,17 @@ class ZSIModel(nn.Module):
         (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
     mmat, mmat_valid = class_matrix(self._sync_bg(v_b, 'mask'), class_vectors, class_valid)
     sem = mhead['semantic']
-    if scoring == 'projected':
-      sem = self._project_through_seen(sem, v_b, seen_vectors, seen_valid, 'mask')
     cls = jnp.clip(det['classes'], 0, None).reshape(-1) + 1
-    m = jax.nn.sigmoid(mask_logits_per_roi(sem, mmat[cls]))
+    logits = mask_logits_per_roi(sem, mmat[cls])
+    if scoring == 'projected':
+      # Unseen classes through the seen vectors; a seen target class (GZSI)
+      # keeps the direct comparison it was trained with.
+      projected = mask_logits_per_roi(
+          self._project_through_seen(sem, v_b, seen_vectors, seen_valid, 'mask'), mmat[cls])
+      ws, ws_valid = class_matrix(self._sync_bg(v_b, 'mask'), seen_vectors, seen_valid)
+      is_seen = jnp.any(seen_target_matrix(mmat, mmat_valid, ws, ws_valid), axis=1)
+      logits = jnp.where(is_seen[cls][:, None, None], logits, projected)
+    m = jax.nn.sigmoid(logits)
     s = c.mask_head.mask_size
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'],
                 masks=m.reshape(det['classes'].shape + (s, s)), valid=det['valid'])
@@ -351,6 +358,12 @@ class ZSIModel(nn.Module):
       # Probabilities mapped back into word space, then compared with the
       # targets; no renormalisation, as in the reference code.
       scores = (p @ jnp.where(ws_valid[:, None], ws, 0.0)) @ mat.T
+      # A target that is a seen class (GZSI) keeps its own probability: the
+      # projection would add p_bg * (v_b . w) to every class of every
+      # background RoI (with one-hot vectors that alone filled the top 100
+      # and sent seen recall from 63% to 1%).
+      same = seen_target_matrix(mat, mat_valid, ws, ws_valid)
+      scores = jnp.where(jnp.any(same, axis=1), p @ same.T.astype(p.dtype), scores)
       return jnp.where(mat_valid, scores, 0.0)[..., 1:]
     raise ValueError(f"scoring must be 'direct' or 'projected', got {scoring!r}")
 
@@ -358,6 +371,21 @@ class ZSIModel(nn.Module):
     """Feature pass used for initialisation: returns the RPN outputs and ``v_b``."""
     feats = self._features(images, train)
     return self.rpn(feats)
+
+
+def seen_target_matrix(mat, mat_valid, ws, ws_valid):
+  """Which target classes are seen classes: ``[K+1, S+1]`` bool.
+
+  Args:
+    mat, mat_valid: ``[v_b; targets]`` ``[K+1, D]`` and its validity.
+    ws, ws_valid: ``[v_b; seen]`` ``[S+1, D]`` and its validity.
+  Returns:
+    ``same[t, s]``: target t has exactly seen class s's vector (background
+    rows never match).
+  """
+  same = jnp.all(mat[:, None, :] == ws[None, :, :], axis=-1)
+  same &= mat_valid[:, None] & ws_valid[None, :]
+  return same.at[0, :].set(False).at[:, 0].set(False)
 
 
 def mask_roi_buckets(cap: int, num_buckets: int) -> Tuple[int, ...]:
