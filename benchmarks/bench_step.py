@@ -78,6 +78,16 @@ def synthetic_instances(rng, batch, hw):
   return boxes, classes, masks
 
 
+def median_seconds(fn, steps: int) -> float:
+  """Median wall time of ``steps`` calls of ``fn`` (which must block until done)."""
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
 def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -85,7 +95,6 @@ def peak_rss_mib() -> float:
 # ---------------------------------------------------------------------------- zsi_jax
 def run_jax(args) -> dict:
   import jax
-  import jax.numpy as jnp
 
   from configs.coco_common import coco_config
   from zsi_jax.modeling.zsi import init_variables, mask_roi_buckets
@@ -185,12 +194,7 @@ def run_jax(args) -> dict:
   out['detect_compile_s'] = sum(s for _, s in events[n_events:])
   out['detections_per_image'] = float(det['valid'].sum(1).mean())
   n_before = backend_compiles()
-  times = []
-  for _ in range(args.steps):
-    t = time.perf_counter()
-    infer()
-    times.append(time.perf_counter() - t)
-  out['infer_batch_s'] = float(np.median(times))
+  out['infer_batch_s'] = median_seconds(infer, args.steps)
   out['infer_img_per_s'] = args.batch / out['infer_batch_s']
   out['recompiles_during_steps'] += backend_compiles() - n_before
   stats = jax.devices()[0].memory_stats() or {}
@@ -267,25 +271,15 @@ def run_torch(args) -> dict:
              else 'cpu', dtype=args.dtype, threads=torch.get_num_threads())
   if dev.type == 'cuda':
     torch.cuda.reset_peak_memory_stats()
-  train_step()                                   # warm-up
-  times = []
-  for _ in range(args.steps):
-    t = time.perf_counter()
-    loss = train_step()
-    times.append(time.perf_counter() - t)
-  out['train_step_s'] = float(np.median(times))
+  losses = [train_step()]                        # warm-up
+  out['train_step_s'] = median_seconds(lambda: losses.append(train_step()), args.steps)
   out['train_img_per_s'] = args.batch / out['train_step_s']
-  out['train_loss'] = loss
+  out['train_loss'] = losses[-1]
   out['positive_rois_per_image'] = positives[-1]
   out['mask_head_rois_per_image'] = positives[-1]
   det = infer()
   out['detections_per_image'] = float(np.mean([len(d['boxes']) for d in det]))
-  times = []
-  for _ in range(args.steps):
-    t = time.perf_counter()
-    infer()
-    times.append(time.perf_counter() - t)
-  out['infer_batch_s'] = float(np.median(times))
+  out['infer_batch_s'] = median_seconds(infer, args.steps)
   out['infer_img_per_s'] = args.batch / out['infer_batch_s']
   if dev.type == 'cuda':
     out['peak_mem_mib'] = torch.cuda.max_memory_allocated() / 2**20

@@ -18,16 +18,14 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from zsi_jax.modeling import losses as L
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
 from zsi_jax.modeling.fpn import FPN
-from zsi_jax.modeling.mask_head import SemanticMaskHead, mask_logits, mask_logits_per_roi
+from zsi_jax.modeling.mask_head import SemanticMaskHead, mask_logits_per_roi
 from zsi_jax.modeling.resnet import ResNet
 from zsi_jax.ops import anchors as anchor_ops
-from zsi_jax.ops import boxes as box_ops
 from zsi_jax.ops import postprocess, proposals, roi_align, targets
 
 # Logit given to padded (invalid) class slots: far below any real score, finite
