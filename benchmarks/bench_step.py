@@ -26,7 +26,9 @@ same number of CPU threads. Measured after compilation / warm-up:
 Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
-  --size takes 512 (square) or HxW, e.g. 800x1344.
+      [--roi_buckets 1] [--profile DIR]
+  --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 makes the
+  zsi_jax mask head run on all 128 slots per image (its worst case).
 """
 from __future__ import annotations
 
@@ -108,6 +110,8 @@ def run_jax(args) -> dict:
   c.model.backbone.depth = 50
   c.model.dtype = args.dtype
   c.model.test.score_threshold = 0.0
+  if args.roi_buckets:
+    c.model.mask_head.roi_buckets = args.roi_buckets
   c.data.batch_size = args.batch
   rng = np.random.default_rng(0)
   vecs = rng.normal(size=(NUM_CLASSES, VECTOR_DIM)).astype(np.float32)
@@ -294,7 +298,8 @@ def run_torch(args) -> dict:
 def run_side_subprocess(args, side: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--side', side, '--size', args.size,
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
-         '--threads', str(args.threads), '--profile', args.profile]
+         '--threads', str(args.threads), '--profile', args.profile,
+         '--roi_buckets', str(args.roi_buckets)]
   p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
     raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')
@@ -335,6 +340,9 @@ def main():
   p.add_argument('--sides', default='jax,torch')
   p.add_argument('--threads', type=int, default=os.cpu_count(),
                  help='torch intra-op threads (XLA uses one per core)')
+  p.add_argument('--roi_buckets', type=int, default=0,
+                 help='zsi_jax mask-RoI slot buckets (0: the config\'s; 1: always the '
+                      'full 128 slots per image, the worst case)')
   p.add_argument('--profile', default='',
                  help='zsi_jax side: write a jax.profiler trace of one train step here '
                       '(summarise with benchmarks/top_ops.py)')
@@ -355,7 +363,8 @@ def main():
   if args.json:
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
-                              threads=args.threads, results=results)) + '\n')
+                              threads=args.threads, roi_buckets=args.roi_buckets,
+                              results=results)) + '\n')
 
 
 if __name__ == '__main__':
