@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections import OrderedDict
 
 import jax
@@ -25,18 +24,9 @@ from torchvision.ops import MultiScaleRoIAlign
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_step import median_seconds  # noqa: E402
 from zsi_jax.ops import nms as nms_ops  # noqa: E402
 from zsi_jax.ops import roi_align as ra  # noqa: E402
-
-
-def median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def random_rois(rng, n, size):
@@ -54,13 +44,13 @@ def bench_roi_align(repeats, batch=2, rois=512, channels=256, size=1024):
       [f2, f3, f4, f5], r, 7, 2)))
   jf = [jnp.asarray(f) for f in feats]
   jb = jnp.asarray(boxes)
-  t_jax = median_time(lambda: jax.block_until_ready(fn(*jf, jb)), repeats)
+  t_jax = median_seconds(lambda: jax.block_until_ready(fn(*jf, jb)), repeats, warmup=True)
   pooler = MultiScaleRoIAlign(['p2', 'p3', 'p4', 'p5'], 7, 2)
   tf = OrderedDict((f'p{l}', torch.tensor(f).permute(0, 3, 1, 2).contiguous())
                    for l, f in zip((2, 3, 4, 5), feats))
   tb = [torch.tensor(b) for b in boxes]
   with torch.no_grad():
-    t_tv = median_time(lambda: pooler(tf, tb, [(size, size)] * batch), repeats)
+    t_tv = median_seconds(lambda: pooler(tf, tb, [(size, size)] * batch), repeats, warmup=True)
   return t_jax, t_tv
 
 
@@ -70,9 +60,9 @@ def bench_nms(repeats, n=2000):
   s = rng.random(n).astype(np.float32)
   fn = jax.jit(lambda bb, ss: nms_ops.nms_padded(bb, ss, 0.7, n))
   jb, js = jnp.asarray(b), jnp.asarray(s)
-  t_jax = median_time(lambda: jax.block_until_ready(fn(jb, js)), repeats)
+  t_jax = median_seconds(lambda: jax.block_until_ready(fn(jb, js)), repeats, warmup=True)
   tb, ts = torch.tensor(b), torch.tensor(s)
-  t_tv = median_time(lambda: torchvision.ops.nms(tb, ts, 0.7), repeats)
+  t_tv = median_seconds(lambda: torchvision.ops.nms(tb, ts, 0.7), repeats, warmup=True)
   return t_jax, t_tv
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from torchvision.models.detection import rpn as tv_rpn
@@ -25,18 +23,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_step import median_seconds  # noqa: E402
 from zsi_jax.ops import anchors as anchor_ops  # noqa: E402
 from zsi_jax.ops.proposals import generate_proposals  # noqa: E402
-
-
-def _time(fn, repeats):
-  fn()                                    # warm-up (and compile)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main():
@@ -55,7 +44,7 @@ def main():
 
   fn = jax.jit(jax.vmap(lambda o, d: generate_proposals(o, d, anchors, hw, pre, 0.7, post)))
   jo, jd = jax.device_put(obj), jax.device_put(dl)
-  t_jax = _time(lambda: jax.block_until_ready(fn(jo, jd)), args.repeats)
+  t_jax = median_seconds(lambda: jax.block_until_ready(fn(jo, jd)), args.repeats, warmup=True)
 
   dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   net = tv_rpn.RegionProposalNetwork(
@@ -73,7 +62,7 @@ def main():
       if dev.type == 'cuda':
         torch.cuda.synchronize()
       return out
-  t_tv = _time(tv, args.repeats)
+  t_tv = median_seconds(tv, args.repeats, warmup=True)
   print(f'anchors per level {sizes}, batch {args.batch}, pre {pre}, post {post}, NMS 0.7')
   print(f'zsi_jax generate_proposals ({jax.devices()[0].platform}, jit+vmap): {t_jax * 1e3:.1f} ms')
   print(f'torchvision decode+filter_proposals ({dev.type}): {t_tv * 1e3:.1f} ms')

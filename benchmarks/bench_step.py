@@ -80,8 +80,11 @@ def synthetic_instances(rng, batch, hw):
   return boxes, classes, masks
 
 
-def median_seconds(fn, steps: int) -> float:
-  """Median wall time of ``steps`` calls of ``fn`` (which must block until done)."""
+def median_seconds(fn, steps: int, warmup: bool = False) -> float:
+  """Median wall time of ``steps`` calls of ``fn`` (which must block until done),
+  after one untimed call (compilation) when ``warmup``."""
+  if warmup:
+    fn()
   times = []
   for _ in range(steps):
     t = time.perf_counter()
