@@ -20,6 +20,9 @@ def get_config():
   m.mask_head.max_rois_per_image = 4
   m.mask_head.channels = 16
   m.mask_head.num_convs = 2
+  # One slot bucket: each bucket is a compiled branch of every train step, and
+  # only tests/modeling/test_zsi.py checks the buckets.
+  m.mask_head.roi_buckets = 1
   m.box_head.fc_dim = 32
   m.test.max_detections = 10
   m.test.pre_nms_topk = 64

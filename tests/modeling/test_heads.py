@@ -7,7 +7,7 @@ import pytest
 
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
-from zsi_jax.modeling.layers import Conv3x3
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3
 from zsi_jax.modeling.mask_head import (Deconv2x, SemanticMaskHead, mask_logits,
                                         mask_logits_per_roi)
 
@@ -145,3 +145,26 @@ def test_conv3x3_matches_nn_conv(impl):
   g_ref = jax.grad(lambda v, x: jnp.sum(ref.apply(v, x) * w), argnums=(0, 1))(v, x)
   for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('impl', ['gemm', 'conv'])
+@pytest.mark.parametrize('stride,use_bias', [(1, True), (2, False)])
+def test_conv1x1_matches_nn_conv(impl, stride, use_bias):
+  # The backbone's 1x1 (and strided downsample) convolutions, the FPN laterals
+  # and the RPN projections: nn.Conv's parameters, values and gradients, odd
+  # sizes included (output ceil(H / stride), as torchvision's padding 0).
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 6, 5)), jnp.float32)
+  ref = nn.Conv(4, (1, 1), strides=(stride, stride), padding=[(0, 0), (0, 0)], use_bias=use_bias)
+  v = ref.init(jax.random.PRNGKey(0), x)
+  v = jax.tree_util.tree_map(lambda a: a + jax.random.normal(jax.random.PRNGKey(1), a.shape), v)
+  ours = Conv1x1(4, stride, use_bias=use_bias, impl=impl)
+  assert jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_map(jnp.shape, v)
+  y = ref.apply(v, x)
+  assert y.shape == (2, -(-7 // stride), -(-6 // stride), 4)
+  np.testing.assert_allclose(ours.apply(v, x), y, rtol=1e-5, atol=1e-5)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
+  g_ours = jax.grad(lambda v, x: jnp.sum(ours.apply(v, x) * w), argnums=(0, 1))(v, x)
+  g_ref = jax.grad(lambda v, x: jnp.sum(ref.apply(v, x) * w), argnums=(0, 1))(v, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)

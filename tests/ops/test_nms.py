@@ -34,8 +34,21 @@ def numpy_greedy_nms(boxes, scores, thr, valid=None):
   return np.array(keep, np.int64)
 
 
+# Hypothesis draws many box counts and thresholds: the boxes are padded to a
+# fixed size (the padding marked invalid, as in the model) and the threshold is
+# traced, so each block size compiles once instead of every example running
+# op by op.
+_NMS_PAD = 80
+_nms_jit = jax.jit(nms.nms_padded, static_argnames=('max_output', 'block_size'))
+_batched_nms_jit = jax.jit(nms.batched_nms_padded, static_argnames=('max_output',))
+
+
+def _padded(x, size, fill=0):
+  return np.concatenate([x, np.full((size - len(x),) + x.shape[1:], fill, x.dtype)])
+
+
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 80), st.floats(0.01, 0.99), st.sampled_from([1, 5, 16, 256]),
+@given(st.integers(1, _NMS_PAD), st.floats(0.01, 0.99), st.sampled_from([1, 5, 16, 256]),
        st.integers(0, 2**31 - 1))
 def test_matches_torchvision_every_threshold(n, thr, block, seed):
   rng = np.random.default_rng(seed)
@@ -43,7 +56,9 @@ def test_matches_torchvision_every_threshold(n, thr, block, seed):
   b = random_boxes(rng, n, hi=40.0, max_size=30.0)
   s = rng.permutation(n).astype(np.float32) / n  # distinct scores: no tie ambiguity
   # Any block size (one box per block = the plain sequential loop).
-  idx, num = nms.nms_padded(jnp.asarray(b), jnp.asarray(s), thr, n, block_size=block)
+  idx, num = _nms_jit(jnp.asarray(_padded(b, _NMS_PAD, 5.0)), jnp.asarray(_padded(s, _NMS_PAD, 2.0)),
+                      np.float32(thr), max_output=_NMS_PAD,
+                      valid=jnp.asarray(np.arange(_NMS_PAD) < n), block_size=block)
   ref = torchvision.ops.nms(torch.tensor(b), torch.tensor(s), thr).numpy()
   assert int(num) == len(ref)
   np.testing.assert_array_equal(np.asarray(idx)[:len(ref)], ref)
@@ -96,9 +111,12 @@ def test_batched_matches_torchvision(n, k, thr, seed):
   b = random_boxes(rng, n, hi=40.0)
   s = rng.permutation(n).astype(np.float32) / n
   c = rng.integers(0, k, n)
-  idx, num = nms.batched_nms_padded(jnp.asarray(b), jnp.asarray(s), jnp.asarray(c), thr, n)
+  idx, num = _batched_nms_jit(jnp.asarray(_padded(b, 60, 5.0)), jnp.asarray(_padded(s, 60, 2.0)),
+                              jnp.asarray(_padded(c, 60)), np.float32(thr), max_output=60,
+                              valid=jnp.asarray(np.arange(60) < n))
   ref = torchvision.ops.batched_nms(torch.tensor(b), torch.tensor(s), torch.tensor(c), thr).numpy()
   np.testing.assert_array_equal(np.asarray(idx)[:int(num)], ref)
+  assert int(num) == len(ref)
 
 
 def test_jit_vmap():

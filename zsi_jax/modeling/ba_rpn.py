@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv3x3
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3
 
 
 class BackgroundAwareRPN(nn.Module):
@@ -30,7 +30,7 @@ class BackgroundAwareRPN(nn.Module):
     num_anchors: anchors per location (A).
     channels: width of the shared conv3x3.
     semantic: BA-RPN (True) or a plain RPN (False).
-    conv_impl: how the shared 3x3 convolution runs (``layers.Conv3x3``).
+    conv_impl: how the convolutions run (``layers.Conv1x1``, ``layers.Conv3x3``).
     dtype: computation dtype.
   """
   background_init: Sequence[float]
@@ -44,13 +44,13 @@ class BackgroundAwareRPN(nn.Module):
     init = nn.initializers.normal(0.01)
     self.conv = Conv3x3(self.channels, self.conv_impl, kernel_init=init, dtype=self.dtype,
                         name='conv')
-    self.box_deltas = nn.Conv(4 * self.num_anchors, (1, 1), kernel_init=init,
-                              dtype=self.dtype, name='box_deltas')
+    conv1x1 = lambda n, name: Conv1x1(n, impl=self.conv_impl, kernel_init=init, dtype=self.dtype,
+                                      name=name)
+    self.box_deltas = conv1x1(4 * self.num_anchors, 'box_deltas')
     dim = len(self.background_init)
     if self.semantic:
       # T: visual features -> semantic space.
-      self.semantic_projection = nn.Conv(dim, (1, 1), kernel_init=init,
-                                         dtype=self.dtype, name='T')
+      self.semantic_projection = conv1x1(dim, 'T')
 
       def w_bf_init(key, shape, dtype=jnp.float32):
         # Background rows = the text background vector; foreground rows random,
@@ -64,8 +64,7 @@ class BackgroundAwareRPN(nn.Module):
       # [A, 2, D]: per anchor shape a background (index 0) and a foreground word vector.
       self.word_vectors = self.param('W_bf', w_bf_init, (self.num_anchors, 2, dim))
     else:
-      self.objectness = nn.Conv(2 * self.num_anchors, (1, 1), kernel_init=init,
-                                dtype=self.dtype, name='objectness')
+      self.objectness = conv1x1(2 * self.num_anchors, 'objectness')
 
   def background_vector(self):
     """The background word vector ``v_b`` [D] float32 (learned or fixed)."""

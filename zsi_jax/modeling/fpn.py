@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv3x3
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3
 
 
 def upsample_to(x, hw):
@@ -25,7 +25,7 @@ class FPN(nn.Module):
 
   Attributes:
     channels: output width of every level.
-    conv_impl: how the 3x3 output convolutions run (``layers.Conv3x3``).
+    conv_impl: how the convolutions run (``layers.Conv1x1``, ``layers.Conv3x3``).
     dtype: computation dtype.
   """
   channels: int = 256
@@ -36,7 +36,7 @@ class FPN(nn.Module):
   def __call__(self, features: Sequence[jnp.ndarray]):
     """features: (C2, C3, C4, C5) -> (P2, P3, P4, P5, P6), each [B, H_l, W_l, channels]."""
     init = nn.initializers.xavier_uniform()
-    laterals = [nn.Conv(self.channels, (1, 1), kernel_init=init, dtype=self.dtype,
+    laterals = [Conv1x1(self.channels, impl=self.conv_impl, kernel_init=init, dtype=self.dtype,
                         name=f'lateral{i + 2}')(c) for i, c in enumerate(features)]
     for i in range(len(laterals) - 1, 0, -1):
       laterals[i - 1] = laterals[i - 1] + upsample_to(laterals[i], laterals[i - 1].shape[1:3])

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zsi_jax.modeling.layers import Conv1x1
+
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3)}
 
@@ -46,12 +48,16 @@ class _GroupNorm(nn.Module):
     return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, name='gn')(x)
 
 
-def _conv(features, kernel, stride, dtype, name):
+def _conv(features, kernel, stride, dtype, name, conv_impl='auto'):
+  init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+  if kernel == 1:
+    # Same parameters as nn.Conv; on the CPU a matmul (layers.Conv1x1).
+    return Conv1x1(features, stride, use_bias=False, impl=conv_impl, kernel_init=init,
+                   dtype=dtype, name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=[(pad, pad), (pad, pad)], use_bias=False, dtype=dtype,
-                 kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-                 name=name)
+                 kernel_init=init, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -59,6 +65,7 @@ class BasicBlock(nn.Module):
   stride: int
   norm: str
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
   expansion = 1
 
   @nn.compact
@@ -68,7 +75,7 @@ class BasicBlock(nn.Module):
     y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
     y = make_norm(self.norm, train, self.dtype, 'bn2')(y)
     if x.shape[-1] != self.features or self.stride != 1:
-      x = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      x = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv', self.conv_impl)(x)
       x = make_norm(self.norm, train, self.dtype, 'downsample_bn')(x)
     return nn.relu(x + y)
 
@@ -78,19 +85,20 @@ class Bottleneck(nn.Module):
   stride: int
   norm: str
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
     out = self.features * 4
-    y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = _conv(self.features, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
     y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn1')(y))
     y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
     y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn2')(y))
-    y = _conv(out, 1, 1, self.dtype, 'conv3')(y)
+    y = _conv(out, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
     y = make_norm(self.norm, train, self.dtype, 'bn3')(y)
     if x.shape[-1] != out or self.stride != 1:
-      x = _conv(out, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      x = _conv(out, 1, self.stride, self.dtype, 'downsample_conv', self.conv_impl)(x)
       x = make_norm(self.norm, train, self.dtype, 'downsample_bn')(x)
     return nn.relu(x + y)
 
@@ -105,12 +113,14 @@ class ResNet(nn.Module):
     norm: 'frozen_bn', 'batch_norm' or 'group_norm'.
     frozen_stages: 0 none; 1 stem + stage 1; up to 4.
     dtype: computation dtype (parameters stay float32).
+    conv_impl: how the 1x1 convolutions run (``layers.Conv1x1``).
   """
   depth: int = 50
   width: float = 1.0
   norm: str = 'frozen_bn'
   frozen_stages: int = 0
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -127,7 +137,7 @@ class ResNet(nn.Module):
     for stage, n in enumerate(STAGE_BLOCKS[self.depth]):
       for i in range(n):
         stride = 2 if (i == 0 and stage > 0) else 1
-        x = block(base * 2 ** stage, stride, self.norm, self.dtype,
+        x = block(base * 2 ** stage, stride, self.norm, self.dtype, self.conv_impl,
                   name=f'layer{stage + 1}_{i}')(x, train)
       if stage + 1 <= self.frozen_stages:
         # Frozen: no gradient flows into this stage or anything before it.

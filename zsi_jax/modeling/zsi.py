@@ -62,9 +62,10 @@ class ZSIModel(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.bfloat16 if c.get('dtype', 'float32') == 'bfloat16' else jnp.float32
-    self.backbone = ResNet(depth=c.backbone.depth, width=c.backbone.width, norm=c.backbone.norm,
-                           frozen_stages=c.backbone.frozen_stages, dtype=dtype)
     conv_impl = c.get('conv_impl', 'auto')
+    self.backbone = ResNet(depth=c.backbone.depth, width=c.backbone.width, norm=c.backbone.norm,
+                           frozen_stages=c.backbone.frozen_stages, dtype=dtype,
+                           conv_impl=conv_impl)
     self.fpn = FPN(channels=c.fpn_channels, conv_impl=conv_impl, dtype=dtype)
     self.rpn = BackgroundAwareRPN(background_init=tuple(self.background_init),
                                   num_anchors=len(c.anchors.ratios) * len(c.anchors.scales),
@@ -321,9 +322,8 @@ class ZSIModel(nn.Module):
     if scoring == 'projected':
       # Unseen classes through the seen vectors; a seen target class (GZSI)
       # keeps the direct comparison it was trained with.
-      projected = mask_logits_per_roi(
-          self._project_through_seen(sem, v_b, seen_vectors, seen_valid, 'mask'), mmat[cls])
-      ws, ws_valid = class_matrix(self._sync_bg(v_b, 'mask'), seen_vectors, seen_valid)
+      ws, ws_valid = self._seen_matrix(v_b, seen_vectors, seen_valid, 'mask')
+      projected = mask_logits_per_roi(project_through_seen(sem, ws, ws_valid), mmat[cls])
       is_seen = jnp.any(seen_target_matrix(mmat, mmat_valid, ws, ws_valid), axis=1)
       logits = jnp.where(is_seen[cls][:, None, None], logits, projected)
     m = jax.nn.sigmoid(logits)
@@ -331,17 +331,11 @@ class ZSIModel(nn.Module):
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'],
                 masks=m.reshape(det['classes'].shape + (s, s)), valid=det['valid'])
 
-  def _project_through_seen(self, semantic, v_b, seen_vectors, seen_valid, which):
-    """Maps semantic vectors through the seen word vectors (reference code).
-
-    s -> softmax-free projection ``(s . W_s^T) . W_s`` for masks; callers
-    compare the result with the target vectors.
-    """
+  def _seen_matrix(self, v_b, seen_vectors, seen_valid, which):
+    """``[v_b; W_s]`` ``[S+1, D]`` and its validity, for ``scoring='projected'``."""
     if seen_vectors is None:
       raise ValueError("scoring='projected' needs seen_vectors (the training class vectors)")
-    ws, ws_valid = class_matrix(self._sync_bg(v_b, which), seen_vectors, seen_valid)
-    ws = jnp.where(ws_valid[:, None], ws, 0.0)
-    return (semantic @ ws.T) @ ws
+    return class_matrix(self._sync_bg(v_b, which), seen_vectors, seen_valid)
 
   def _class_scores(self, semantic, mat, mat_valid, v_b, seen_vectors, seen_valid, scoring,
                     which):
@@ -349,9 +343,7 @@ class ZSIModel(nn.Module):
     if scoring == 'direct':
       return jax.nn.softmax(masked_logits(semantic, mat, mat_valid), axis=-1)[..., 1:]
     if scoring == 'projected':
-      if seen_vectors is None:
-        raise ValueError("scoring='projected' needs seen_vectors (the training class vectors)")
-      ws, ws_valid = class_matrix(self._sync_bg(v_b, which), seen_vectors, seen_valid)
+      ws, ws_valid = self._seen_matrix(v_b, seen_vectors, seen_valid, which)
       p = jax.nn.softmax(masked_logits(semantic, ws, ws_valid), axis=-1)
       # Probabilities mapped back into word space, then compared with the
       # targets; no renormalisation, as in the reference code.
@@ -369,6 +361,22 @@ class ZSIModel(nn.Module):
     """Feature pass used for initialisation: returns the RPN outputs and ``v_b``."""
     feats = self._features(images, train)
     return self.rpn(feats)
+
+
+def project_through_seen(semantic, ws, ws_valid):
+  """Maps semantic vectors through the seen word vectors (reference code's masks).
+
+  ``s -> (s . W_s^T) . W_s``, softmax-free; callers compare the result with
+  the target vectors.
+
+  Args:
+    semantic: ``[..., D]``.
+    ws, ws_valid: ``[v_b; seen]`` ``[S+1, D]`` and its validity.
+  Returns:
+    ``[..., D]``.
+  """
+  ws = jnp.where(ws_valid[:, None], ws, 0.0)
+  return (semantic @ ws.T) @ ws
 
 
 def seen_target_matrix(mat, mat_valid, ws, ws_valid):
