@@ -154,29 +154,36 @@ def run_jax(args) -> dict:
   backend_compiles = lambda: sum(n.endswith('backend_compile_duration') for n, _ in events)
 
   out = dict(side='zsi_jax', device=str(jax.devices()[0].device_kind), dtype=args.dtype)
-  step = jax.jit(make_train_step(model, tx, False), donate_argnums=(0,))
+  # --fixed_sampling times the same step from the same state again and again
+  # (no donation): the same anchor and RoI sampling, hence the same mask-head
+  # bucket every time, for A/B comparisons of code changes.
+  step = jax.jit(make_train_step(model, tx, False),
+                 donate_argnums=() if args.fixed_sampling else (0,))
   t0 = time.perf_counter()
   state, m = step(state, batch, cv_d, cm_d)     # first step: trace, lower, compile, run
   jax.block_until_ready(m)
   out['train_first_step_s'] = time.perf_counter() - t0
   out['train_compile_s'] = sum(s for _, s in events)
   n_before = backend_compiles()
-  times = []
+  times, buckets = [], []
+  start = state
   for _ in range(args.steps):
     t = time.perf_counter()
-    state, m = step(state, batch, cv_d, cm_d)
+    state, m = step(start if args.fixed_sampling else state, batch, cv_d, cm_d)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
+    buckets.append(int(m['mask_bucket']))
   out['train_step_s'] = float(np.median(times))
   out['train_img_per_s'] = args.batch / out['train_step_s']
   out['train_loss'] = float(m['total'])
-  # RoIs the heads see per image: positives among the sampled RoIs and the
-  # fixed number of mask-head slots (zsi_jax pads to max_rois_per_image).
+  # Positives among the sampled RoIs per image (last timed step).
   out['positive_rois_per_image'] = float(m['num_pos_rois']) / args.batch
   out['recompiles_during_steps'] = backend_compiles() - n_before
   out['train_cache_size'] = step._cache_size()
-  out['mask_head_rois_per_image'] = mask_roi_buckets(
-      c.model.mask_head.max_rois_per_image, c.model.mask_head.roi_buckets)[int(m['mask_bucket'])]
+  # Slots the mask head ran on in each timed step (the bucket is chosen per
+  # batch from the positives, so step times vary with it).
+  sizes = mask_roi_buckets(c.model.mask_head.max_rois_per_image, c.model.mask_head.roi_buckets)
+  out['mask_head_rois_per_image'] = [sizes[i] for i in buckets]
   if args.profile:
     # One more step under the profiler, and the compiled HLO to name its ops.
     with jax.profiler.trace(args.profile, create_perfetto_trace=True):
@@ -205,6 +212,9 @@ def run_jax(args) -> dict:
   n_before = backend_compiles()
   out['infer_batch_s'] = median_seconds(infer, args.steps)
   out['infer_img_per_s'] = args.batch / out['infer_batch_s']
+  # The same without mask pasting: the model's share of inference.
+  out['infer_model_s'] = median_seconds(
+      lambda: jax.device_get(detect(variables, batch['image'], batch['input_hw'])), args.steps)
   out['recompiles_during_steps'] += backend_compiles() - n_before
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
@@ -304,7 +314,7 @@ def run_side_subprocess(args, side: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--side', side, '--size', args.size,
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
          '--threads', str(args.threads), '--profile', args.profile,
-         '--roi_buckets', str(args.roi_buckets)]
+         '--roi_buckets', str(args.roi_buckets)] + (['--fixed_sampling'] if args.fixed_sampling else [])
   p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
     raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')
@@ -313,7 +323,9 @@ def run_side_subprocess(args, side: str) -> dict:
 
 def report(results, args) -> str:
   rows = [('train step (s)', 'train_step_s', '{:.3f}'), ('train img/s', 'train_img_per_s', '{:.2f}'),
-          ('infer img/s', 'infer_img_per_s', '{:.2f}'), ('peak memory (MiB)', 'peak_mem_mib', '{:.0f}'),
+          ('infer img/s', 'infer_img_per_s', '{:.2f}'),
+          ('infer batch, model only (s)', 'infer_model_s', '{:.3f}'),
+          ('peak memory (MiB)', 'peak_mem_mib', '{:.0f}'),
           ('positive RoIs / image', 'positive_rois_per_image', '{:.0f}'),
           ('mask-head RoIs / image', 'mask_head_rois_per_image', '{:.0f}'),
           ('compile train (s)', 'train_compile_s', '{:.1f}'),
@@ -321,10 +333,12 @@ def report(results, args) -> str:
   sides = [r['side'] for r in results]
   lines = [f"size {args.size}, batch {args.batch}, {args.dtype}, threads {args.threads}, "
            f"device {results[0]['device']}",
-           f"{'':22s}" + ''.join(f'{s:>14s}' for s in sides) + ('     ratio' if len(sides) == 2 else '')]
+           f"{'':28s}" + ''.join(f'{s:>16s}' for s in sides) + ('     ratio' if len(sides) == 2 else '')]
   for label, key, fmt in rows:
     vals = [r.get(key) for r in results]
-    line = f'{label:22s}' + ''.join(f'{fmt.format(v) if v is not None else "-":>14s}' for v in vals)
+    fmt_one = lambda v: ('-' if v is None else '/'.join(fmt.format(x) for x in v)
+                         if isinstance(v, list) else fmt.format(v))
+    line = f'{label:28s}' + ''.join(f'{fmt_one(v):>16s}' for v in vals)
     if len(vals) == 2 and None not in vals and key.endswith('per_s'):
       line += f'  {vals[0] / vals[1]:8.2f}x'
     lines.append(line)
@@ -348,6 +362,9 @@ def main():
   p.add_argument('--roi_buckets', type=int, default=0,
                  help='zsi_jax mask-RoI slot buckets (0: the config\'s; 1: always the '
                       'full 128 slots per image, the worst case)')
+  p.add_argument('--fixed_sampling', action='store_true',
+                 help='zsi_jax: time the same step from the same state each time (same '
+                      'sampling and mask bucket), for A/B comparisons')
   p.add_argument('--profile', default='',
                  help='zsi_jax side: write a jax.profiler trace of one train step here '
                       '(summarise with benchmarks/top_ops.py)')

@@ -13,9 +13,10 @@ def model_config() -> ml_collections.ConfigDict:
   """The authors' COCO model (R101-FPN, BA-RPN, both decoders, Sync-bg)."""
   c = ml_collections.ConfigDict()
   c.dtype = 'float32'                 # 'bfloat16': bf16 compute, f32 params and losses
-  # 3x3 convolutions of the FPN outputs, the RPN and the mask head: 'auto'
-  # (im2col GEMM on CPU, convolution elsewhere), 'conv' or 'gemm'
-  # (modeling/layers.Conv3x3; same parameters either way).
+  # How the convolutions of the FPN, RPN and mask head (3x3) and the 1x1
+  # convolutions of the backbone run: 'auto' (on the CPU in training: GEMM
+  # kernel gradients; elsewhere and for inference: XLA's convolution), 'conv',
+  # 'gemm' or 'mixed' (modeling/layers.Conv3x3, Conv1x1; same parameters).
   c.conv_impl = 'auto'
   c.backbone = dict(depth=101, width=1.0, norm='frozen_bn', frozen_stages=1)
   c.fpn_channels = 256

@@ -129,7 +129,7 @@ def test_deconv2x_is_the_stride2_transposed_convolution():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize('impl', ['gemm', 'conv'])
+@pytest.mark.parametrize('impl', ['gemm', 'conv', 'mixed'])
 def test_conv3x3_matches_nn_conv(impl):
   # Both implementations: nn.Conv's parameters, values and gradients.
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 5, 7)), jnp.float32)

@@ -8,18 +8,57 @@ import jax
 import jax.numpy as jnp
 
 
-def resolve_conv_impl(impl: str, training: bool = True) -> str:
-  """``'conv'`` or ``'gemm'`` for a ``model.conv_impl`` setting.
+IMPLS = ('conv', 'gemm', 'mixed')
 
-  ``'auto'`` is im2col GEMM on the CPU when training (see ``Conv3x3``) and the
-  convolution everywhere else: forward-only, XLA:CPU's convolution library is
-  faster than im2col (147 vs 274 ms for the 128-RoI mask-head convolution).
+
+def resolve_conv_impl(impl: str, training: bool = True) -> str:
+  """``'conv'``, ``'gemm'`` or ``'mixed'`` for a ``model.conv_impl`` setting.
+
+  ``'auto'`` is ``'mixed'`` on the CPU when training (see ``Conv3x3``) and the
+  convolution everywhere else (GPUs and TPUs; and forward-only on the CPU,
+  where XLA's convolution is twice as fast as im2col + GEMM).
   """
   if impl == 'auto':
-    return 'gemm' if training and jax.default_backend() == 'cpu' else 'conv'
-  if impl not in ('conv', 'gemm'):
-    raise ValueError(f"conv_impl must be 'auto', 'conv' or 'gemm', got {impl!r}")
+    return 'mixed' if training and jax.default_backend() == 'cpu' else 'conv'
+  if impl not in IMPLS:
+    raise ValueError(f"conv_impl must be 'auto' or one of {IMPLS}, got {impl!r}")
   return impl
+
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv3x3(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def conv3x3_mixed(x, kernel):
+  """3x3 convolution (stride 1, padding 1) whose kernel gradient is an im2col GEMM.
+
+  The forward pass and the input gradient (a convolution with the flipped,
+  transposed kernel) use XLA's convolution; the kernel gradient, which
+  XLA:CPU runs as a slow generic convolution, is ``im2col(x)^T g``. Only
+  ``x`` is kept for the backward pass (not its 9x larger im2col).
+
+  x: [N, H, W, C], kernel: [3, 3, C, O] -> [N, H, W, O].
+  """
+  return _conv3x3(x, kernel)
+
+
+def _mixed_fwd(x, kernel):
+  return _conv3x3(x, kernel), (x, kernel)
+
+
+def _mixed_bwd(res, g):
+  x, kernel = res
+  c, o = kernel.shape[2:]
+  dx = _conv3x3(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+  dk = im2col3x3(x).reshape(-1, 9 * c).T @ g.reshape(-1, o)
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv3x3_mixed.defvjp(_mixed_fwd, _mixed_bwd)
 
 
 def im2col3x3(x):
@@ -33,21 +72,26 @@ def im2col3x3(x):
 class Conv3x3(nn.Module):
   """3x3 convolution, stride 1, zero padding 1; parameters as ``nn.Conv``'s.
 
-  ``impl='gemm'`` computes it as im2col and one matmul. On XLA:CPU this is
-  faster for the layers that dominate a train step: convolutions inside the
-  branches of a ``lax.switch`` (the mask-RoI buckets of ZSIModel.losses) run
-  as a generic loop about 100x slower than the convolution library, while
-  matmuls keep their speed there; and the kernel gradient of a convolution on
-  a large map with a small batch (the RPN and FPN output convs on P2) runs at
-  a fraction of the GEMM rate (forward + backward on [2, 128, 128, 256]:
-  1.66 s as a convolution, 1.06 s as im2col GEMM, 2 cores). im2col costs 9x
-  the input in memory, so GPUs and TPUs use ``'conv'``.
+  Three ways to compute it, same function and gradients (tested):
+  - ``'conv'``: XLA's convolution (GPUs, TPUs, and forward-only on the CPU).
+  - ``'gemm'``: im2col and one matmul, forward and backward.
+  - ``'mixed'``: convolution forward and input gradient, im2col GEMM for the
+    kernel gradient (:func:`conv3x3_mixed`). XLA:CPU runs the kernel gradient
+    of a convolution as a generic loop: at a fraction of the GEMM rate on the
+    FPN/RPN maps, and about 100x slower inside the branches of a
+    ``lax.switch`` (the mask-RoI buckets of ZSIModel.losses). Measured fwd +
+    bwd on 2 cores: mask head (4 convs, 64 RoIs, inside a 4-way switch) 1.44 s
+    as 'gemm', 1.01 s as 'mixed'; P2 [2, 128, 128, 256] 1.03 s as 'conv',
+    0.61 s 'gemm', 0.67 s 'mixed'. 'gemm' also keeps a 9x larger im2col
+    buffer for the backward pass, which ``lax.switch`` then zero-fills for
+    every branch not taken.
 
   Attributes:
     features: output channels.
-    impl: 'conv', 'gemm' or 'auto' (as ``resolve_conv_impl`` for training:
-      gemm on the CPU, conv elsewhere; ``training.loop.build_model`` resolves
-      it to conv for models built for inference).
+    impl: 'conv', 'gemm', 'mixed' or 'auto' (``resolve_conv_impl`` for
+      training: 'mixed' on the CPU, 'conv' elsewhere;
+      ``training.loop.build_model`` resolves it to 'conv' for models built for
+      inference).
   """
   features: int
   impl: str = 'auto'
@@ -61,11 +105,13 @@ class Conv3x3(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (3, 3, c, self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if resolve_conv_impl(self.impl) == 'gemm':
+    impl = resolve_conv_impl(self.impl)
+    if impl == 'gemm':
       y = im2col3x3(x) @ kernel.reshape(9 * c, self.features)
+    elif impl == 'mixed':
+      y = conv3x3_mixed(x, kernel)
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = _conv3x3(x, kernel)
     return y + bias.astype(self.dtype)
 
 
@@ -84,7 +130,9 @@ class Conv1x1(nn.Module):
     stride: spatial stride (1x1 kernels need no padding; output size
       ``ceil(H / stride)`` as ``nn.Conv`` with 'SAME' or zero padding).
     use_bias: add a bias (zeros at init).
-    impl: 'auto', 'conv' or 'gemm' (see ``resolve_conv_impl``).
+    impl: 'auto', 'conv', 'gemm' or 'mixed' (``resolve_conv_impl``); 'mixed'
+      is 'gemm' here (a 1x1 convolution's forward and gradients are all
+      matmuls).
   """
   features: int
   stride: int = 1
@@ -99,13 +147,13 @@ class Conv1x1(nn.Module):
     c = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (1, 1, c, self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if resolve_conv_impl(self.impl) == 'gemm':
+    if resolve_conv_impl(self.impl) in ('gemm', 'mixed'):
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride]
       y = x @ kernel.reshape(c, self.features)
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), 'VALID',
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                       dimension_numbers=_DN)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
           self.dtype)

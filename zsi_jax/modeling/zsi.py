@@ -207,7 +207,14 @@ class ZSIModel(nn.Module):
     if len(sizes) == 1:
       mask_bce, mask_recon, num_mask_rois = self._mask_loss(*operands, n=sizes[0])
     else:
-      branches = [functools.partial(ZSIModel._mask_loss, n=n) for n in sizes]
+      # Differentiating a switch makes every branch output the residuals of
+      # all branches, zero-filled where not taken: the im2col buffers of the
+      # larger buckets ([2*128, 14, 14, 9*256] floats each) were written with
+      # zeros every step. Rematerialised branches keep only matmul outputs
+      # (im2col and the RoIAlign gathers are recomputed in the backward pass).
+      branches = [nn.checkpoint(functools.partial(ZSIModel._mask_loss, n=n),
+                                policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+                  for n in sizes]
       mask_bce, mask_recon, num_mask_rois = nn.switch(bucket, branches, self, *operands)
 
     terms = dict(rpn_cls=rpn_cls, rpn_box=rpn_box, det_cls=det_cls, det_box=det_box,

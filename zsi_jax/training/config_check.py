@@ -25,7 +25,7 @@ CHOICES = {
     'model.backbone.norm': ('frozen_bn', 'batch_norm', 'group_norm'),
     'model.box_head.regression': ('class_agnostic', 'class_specific'),
     'model.test.scoring': ('direct', 'projected'),
-    'model.conv_impl': ('auto', 'conv', 'gemm'),
+    'model.conv_impl': ('auto', 'conv', 'gemm', 'mixed'),
 }
 
 
