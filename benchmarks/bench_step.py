@@ -193,9 +193,7 @@ def run_jax(args) -> dict:
       f.write(step.lower(state, batch, cv_d, cm_d).compile().as_text())
 
   variables = {'params': state.params, **state.model_state}
-  # Built for inference, as evaluation and the Predictor build it (conv_impl).
-  infer_model = build_model(c, vecs.mean(0), NUM_CLASSES, training=False)
-  detect = jax.jit(lambda v, im, ihw: infer_model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
+  detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
   def infer():
     det = jax.device_get(detect(variables, batch['image'], batch['input_hw']))
     for i in range(args.batch):

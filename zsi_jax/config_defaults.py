@@ -13,10 +13,10 @@ def model_config() -> ml_collections.ConfigDict:
   """The authors' COCO model (R101-FPN, BA-RPN, both decoders, Sync-bg)."""
   c = ml_collections.ConfigDict()
   c.dtype = 'float32'                 # 'bfloat16': bf16 compute, f32 params and losses
-  # How the convolutions of the FPN, RPN and mask head (3x3) and the 1x1
-  # convolutions of the backbone run: 'auto' (on the CPU in training: GEMM
-  # kernel gradients; elsewhere and for inference: XLA's convolution), 'conv',
-  # 'gemm' or 'mixed' (modeling/layers.Conv3x3, Conv1x1; same parameters).
+  # How the 3x3 convolutions of the FPN, RPN and mask head and all 1x1
+  # convolutions run: 'auto' ('mixed' on the CPU: GEMM kernel gradients and
+  # 1x1 matmuls; 'conv' elsewhere), 'conv', 'gemm' or 'mixed'
+  # (modeling/layers.Conv3x3, Conv1x1; the same parameters either way).
   c.conv_impl = 'auto'
   c.backbone = dict(depth=101, width=1.0, norm='frozen_bn', frozen_stages=1)
   c.fpn_channels = 256

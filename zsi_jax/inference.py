@@ -75,7 +75,7 @@ class Predictor:
     self.dim = int(info.vectors.shape[1])
     self.max_classes = int(max_classes or max(config.data.get('max_classes', 0) or 0,
                                               len(info.names)))
-    self.model = build_model(config, info.background, len(info.seen), training=False)
+    self.model = build_model(config, info.background, len(info.seen))
     self._seen = pad_class_vectors(info.vectors_of(info.seen), max(self.max_classes,
                                                                     len(info.seen)))
     self._detect = {}

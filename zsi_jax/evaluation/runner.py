@@ -74,7 +74,7 @@ def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: s
     raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
   scoring = scoring or config.model.test.scoring
   targets = {'zsi': info.unseen, 'gzsi': info.seen + info.unseen, 'seen': info.seen}[setting]
-  model = build_model(config, info.background, len(info.seen), training=False)
+  model = build_model(config, info.background, len(info.seen))
   k_max = max(config.data.get('max_classes', 0) or 0, len(info.names))
   cv, cm = pad_class_vectors(info.vectors_of(targets), k_max)
   sv, sm = pad_class_vectors(info.vectors_of(info.seen), k_max)

@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from zsi_jax.modeling import convert
 from zsi_jax.modeling import resnet as resnet_lib
-from zsi_jax.modeling.layers import resolve_conv_impl
 from zsi_jax.modeling.zsi import ZSIModel, init_variables
 from zsi_jax.training import checkpoint as ckpt_lib
 from zsi_jax.training import config_check
@@ -49,21 +48,10 @@ def trainable_mask(params, model_config) -> Any:
   return mask
 
 
-def build_model(config: ml_collections.ConfigDict, background, num_train_classes: int,
-                training: bool = True):
-  """The model for an experiment config and the dataset's background vector.
-
-  ``training=False`` builds it for inference (evaluation, ``Predictor``): the
-  parameters are the same, only ``model.conv_impl='auto'`` resolves to the
-  form that is fastest there (``layers.resolve_conv_impl``).
-  """
+def build_model(config: ml_collections.ConfigDict, background, num_train_classes: int):
+  """The model for an experiment config and the dataset's background vector."""
   reg = num_train_classes if config.model.box_head.regression == 'class_specific' else 0
-  model_config = config.model
-  impl = resolve_conv_impl(model_config.get('conv_impl', 'auto'), training)
-  if impl != model_config.get('conv_impl', 'auto'):
-    model_config = ml_collections.ConfigDict(model_config.to_dict())
-    model_config.conv_impl = impl
-  return ZSIModel(config=model_config, background_init=tuple(np.asarray(background).tolist()),
+  return ZSIModel(config=config.model, background_init=tuple(np.asarray(background).tolist()),
                   num_train_classes=reg)
 
 
