@@ -384,6 +384,7 @@ def main():
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
+                              fixed_sampling=args.fixed_sampling,
                               results=results)) + '\n')
 
 
