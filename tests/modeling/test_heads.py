@@ -157,7 +157,7 @@ def test_conv1x1_matches_nn_conv(impl, stride, use_bias):
   ref = nn.Conv(4, (1, 1), strides=(stride, stride), padding=[(0, 0), (0, 0)], use_bias=use_bias)
   v = ref.init(jax.random.PRNGKey(0), x)
   v = jax.tree_util.tree_map(lambda a: a + jax.random.normal(jax.random.PRNGKey(1), a.shape), v)
-  ours = Conv1x1(4, stride, use_bias=use_bias, impl=impl)
+  ours = Conv1x1(4, impl=impl, stride=stride, use_bias=use_bias)
   assert jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == \
       jax.tree_util.tree_map(jnp.shape, v)
   y = ref.apply(v, x)

@@ -70,7 +70,26 @@ def im2col3x3(x):
   return jnp.concatenate([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
 
 
-class Conv3x3(nn.Module):
+class _Conv(nn.Module):
+  """Fields and parameters shared by Conv3x3 and Conv1x1 (``nn.Conv``'s names
+  and shapes, so checkpoints and weight conversion do not depend on ``impl``)."""
+  features: int
+  impl: str = 'auto'
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  def _kernel(self, x, size: int):
+    """(x, kernel [size, size, C, features]) in the computation dtype."""
+    kernel = self.param('kernel', self.kernel_init, (size, size, x.shape[-1], self.features),
+                        jnp.float32)
+    return x.astype(self.dtype), kernel.astype(self.dtype)
+
+  def _bias(self):
+    return self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
+        self.dtype)
+
+
+class Conv3x3(_Conv):
   """3x3 convolution, stride 1, zero padding 1; parameters as ``nn.Conv``'s.
 
   Three ways to compute it, same function and gradients (tested):
@@ -93,18 +112,12 @@ class Conv3x3(nn.Module):
     impl: 'conv', 'gemm', 'mixed' or 'auto' ('mixed' on the CPU, 'conv'
       elsewhere; ``resolve_conv_impl``).
   """
-  features: int
-  impl: str = 'auto'
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     """[N, H, W, C] -> [N, H, W, features]."""
     c = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (3, 3, c, self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = self._kernel(x, 3)
     impl = resolve_conv_impl(self.impl)
     if impl == 'gemm':
       y = im2col3x3(x) @ kernel.reshape(9 * c, self.features)
@@ -112,10 +125,10 @@ class Conv3x3(nn.Module):
       y = conv3x3_mixed(x, kernel)
     else:
       y = _conv3x3(x, kernel)
-    return y + bias.astype(self.dtype)
+    return y + self._bias()
 
 
-class Conv1x1(nn.Module):
+class Conv1x1(_Conv):
   """1x1 convolution with optional stride (no padding); parameters as ``nn.Conv``'s.
 
   ``impl='gemm'`` (or 'mixed') computes it as a matmul over channels (after
@@ -126,8 +139,7 @@ class Conv1x1(nn.Module):
   a matmul the kernel gradient is one ``x^T g`` GEMM, and the forward pass is
   faster too (e.g. [2, 128, 128, 256] -> 300: 45 vs 113 ms).
 
-  Attributes:
-    features: output channels.
+  Attributes (besides ``features``, ``impl``, ``kernel_init``, ``dtype``):
     stride: spatial stride (1x1 kernels need no padding; output size
       ``ceil(H / stride)`` as ``nn.Conv`` with 'SAME' or zero padding).
     use_bias: add a bias (zeros at init).
@@ -135,19 +147,14 @@ class Conv1x1(nn.Module):
       is 'gemm' here (a 1x1 convolution's forward and gradients are all
       matmuls).
   """
-  features: int
   stride: int = 1
   use_bias: bool = True
-  impl: str = 'auto'
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     """[N, H, W, C] -> [N, ceil(H/stride), ceil(W/stride), features]."""
     c = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (1, 1, c, self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = self._kernel(x, 1)
     if resolve_conv_impl(self.impl) in ('gemm', 'mixed'):
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride]
@@ -155,7 +162,4 @@ class Conv1x1(nn.Module):
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), 'VALID',
                                        dimension_numbers=_DN)
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
-          self.dtype)
-    return y
+    return y + self._bias() if self.use_bias else y

@@ -52,7 +52,7 @@ def _conv(features, kernel, stride, dtype, name, conv_impl='auto'):
   init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
   if kernel == 1:
     # Same parameters as nn.Conv; on the CPU a matmul (layers.Conv1x1).
-    return Conv1x1(features, stride, use_bias=False, impl=conv_impl, kernel_init=init,
+    return Conv1x1(features, impl=conv_impl, stride=stride, use_bias=False, kernel_init=init,
                    dtype=dtype, name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
