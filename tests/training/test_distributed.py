@@ -87,17 +87,21 @@ def _train_cmd(data_root, workdir, epochs, *extra):
 
 def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(data_root, tmp_path):
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  # The three runs compile the same train step: share it through JAX's
+  # persistent compilation cache (the same executable, so the same numerics).
+  cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   # A long run that SIGKILLs itself once its step-4 checkpoint is on disk (the
   # loop's fault-injection hook: a kill at a known step, without a race).
   r = subprocess.run([sys.executable] + _train_cmd(data_root, killed, 1000), cwd=ROOT,
-                     env=_env(ZSI_TEST_SIGKILL_AT_STEP='4'), capture_output=True, text=True,
-                     timeout=600)
+                     env=_env(ZSI_TEST_SIGKILL_AT_STEP='4', **cache), capture_output=True,
+                     text=True, timeout=600)
   assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
   ckpts = os.path.join(killed, 'checkpoints')
   assert ocp.CheckpointManager(ckpts).latest_step() == 4
   # Resume to step 8 and compare with a run that was never interrupted.
-  _run(_train_cmd(data_root, killed, 2))
-  _run(_train_cmd(data_root, straight, 2))
+  _run(_train_cmd(data_root, killed, 2), env=_env(**cache))
+  _run(_train_cmd(data_root, straight, 2), env=_env(**cache))
   assert ocp.CheckpointManager(ckpts).latest_step() == 8
   assert [m['step'] for m in _metrics(killed)] == list(range(1, 9))
   _assert_trees_close(_params(straight, 8), _params(killed, 8), rtol=1e-5, atol=1e-6)
