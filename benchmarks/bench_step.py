@@ -312,7 +312,9 @@ def run_side_subprocess(args, side: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--side', side, '--size', args.size,
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
          '--threads', str(args.threads), '--profile', args.profile,
-         '--roi_buckets', str(args.roi_buckets)] + (['--fixed_sampling'] if args.fixed_sampling else [])
+         '--roi_buckets', str(args.roi_buckets)]
+  if args.fixed_sampling:
+    cmd.append('--fixed_sampling')
   p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
     raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')

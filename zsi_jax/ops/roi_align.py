@@ -76,9 +76,9 @@ def _pool(flat, offsets, heights, widths, scales, rois, output_size, sampling_ra
     # Each output bin reads 2 * ratio rows (columns): the low and high
     # neighbour of each of its samples, weighted by bilinear weight / ratio.
     low, high, w_low, w_high = _axis_samples(lo, length, size, out, ratio)
-    taps = 2 * ratio
-    return (jnp.stack([low, high], -1).reshape(r, out, taps),
-            jnp.stack([w_low, w_high], -1).reshape(r, out, taps) / ratio)
+    per_bin = 2 * ratio
+    return (jnp.stack([low, high], -1).reshape(r, out, per_bin),
+            jnp.stack([w_low, w_high], -1).reshape(r, out, per_bin) / ratio)
 
   yi, wy = bin_taps(box[:, 1], box[:, 3] - box[:, 1], heights)      # [R, out, T]
   xi, wx = bin_taps(box[:, 0], box[:, 2] - box[:, 0], widths)

@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 import ml_collections
 
 from zsi_jax.config_defaults import model_config
+from zsi_jax.modeling.layers import IMPLS as CONV_IMPLS
 
 TOP_LEVEL = {'seed', 'data', 'model', 'init', 'optim', 'num_epochs', 'total_steps', 'log_every',
              'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_images'}
@@ -25,7 +26,7 @@ CHOICES = {
     'model.backbone.norm': ('frozen_bn', 'batch_norm', 'group_norm'),
     'model.box_head.regression': ('class_agnostic', 'class_specific'),
     'model.test.scoring': ('direct', 'projected'),
-    'model.conv_impl': ('auto', 'conv', 'gemm', 'mixed'),
+    'model.conv_impl': ('auto',) + CONV_IMPLS,
 }
 
 
