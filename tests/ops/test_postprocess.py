@@ -1,4 +1,4 @@
-"""postprocess_detections against torchvision's RoIHeads logic; paste_masks against a pixel loop."""
+"""postprocess_detections against torchvision's RoIHeads logic; mask pasting against a pixel loop."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +7,7 @@ import torchvision
 from hypothesis import given, settings, strategies as st
 from torchvision.models.detection._utils import BoxCoder
 
-from zsi_jax.ops.postprocess import paste_masks, postprocess_detections
+from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded, postprocess_detections
 
 
 def _reference(rois, valid, scores, deltas, hw, thr, nms_thr, max_det, pre):
@@ -73,11 +73,14 @@ def test_postprocess_no_detection_and_vmap():
   assert (np.asarray(out['classes']) == -1).all()
 
 
-def _paste_loop(mask, box, hw, thr):
-  """Per-pixel reference: pixel centre -> mask frame (half-pixel), bilinear, zero outside."""
+def _paste_loop(mask, box, hw):
+  """Per-pixel reference: pixel centre -> mask frame (half-pixel), bilinear, zero outside.
+
+  Returns the sampled probabilities [H, W] (0 outside the mask).
+  """
   m = mask.shape[0]
   x1, y1, x2, y2 = box
-  out = np.zeros(hw, bool)
+  out = np.zeros(hw)
   p = np.pad(mask, 1)
   for y in range(hw[0]):
     for x in range(hw[1]):
@@ -87,25 +90,69 @@ def _paste_loop(mask, box, hw, thr):
         continue
       u0, v0 = int(np.floor(u)), int(np.floor(v))
       fu, fv = u - u0, v - v0
-      val = ((p[v0, u0] * (1 - fu) + p[v0, u0 + 1] * fu) * (1 - fv)
-             + (p[v0 + 1, u0] * (1 - fu) + p[v0 + 1, u0 + 1] * fu) * fv)
-      out[y, x] = val >= thr
+      out[y, x] = ((p[v0, u0] * (1 - fu) + p[v0, u0 + 1] * fu) * (1 - fv)
+                   + (p[v0 + 1, u0] * (1 - fu) + p[v0 + 1, u0 + 1] * fu) * fv)
   return out
+
+
+def _assert_thresholded(got, probs, thr, band):
+  """got == (probs >= thr), except where probs is within ``band`` of thr (summation order)."""
+  clear = np.abs(probs - thr) > band
+  np.testing.assert_array_equal(got[clear], probs[clear] >= thr)
+
+
+def _random_pasting(seed, n=3, m=7):
+  rng = np.random.default_rng(seed)
+  masks = rng.uniform(size=(n, m, m)).astype(np.float32)
+  xy = rng.uniform(-5, 30, (n, 2))
+  wh = rng.uniform(0.5, 20, (n, 2))
+  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  return masks, boxes
 
 
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10_000))
 def test_paste_masks_equals_pixel_loop(seed):
-  rng = np.random.default_rng(seed)
   hw = (30, 40)
-  masks = rng.uniform(size=(3, 7, 7)).astype(np.float32)
-  xy = rng.uniform(-5, 30, (3, 2))
-  wh = rng.uniform(0.5, 20, (3, 2))
-  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  masks, boxes = _random_pasting(seed)
   got = paste_masks(masks, boxes, hw)
   assert got.shape == (3, 30, 40) and got.dtype == bool
   for i in range(3):
-    np.testing.assert_array_equal(got[i], _paste_loop(masks[i], boxes[i], hw, 0.5))
+    _assert_thresholded(got[i], _paste_loop(masks[i], boxes[i], hw), 0.5, 1e-9)
+
+
+_paste_padded = jax.jit(paste_masks_padded, static_argnames='out_hw')
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_paste_masks_padded_equals_pixel_loop(seed):
+  """Device paste: same samples in float32; invalid slots, degenerate boxes and the
+  padding beyond the image's true size stay False."""
+  masks, boxes = _random_pasting(seed, n=4)
+  boxes[3, 2] = boxes[3, 0]                       # zero width: nothing pasted
+  valid = np.array([True, True, False, True])
+  image_hw = np.array([27, 33])                   # true size inside a 30 x 40 canvas
+  got = np.asarray(_paste_padded(masks, boxes, valid, image_hw, out_hw=(30, 40)))
+  assert got.shape == (4, 30, 40) and got.dtype == bool
+  assert not got[2].any() and not got[3].any()
+  assert not got[:, 27:].any() and not got[:, :, 33:].any()
+  for i in range(2):
+    _assert_thresholded(got[i, :27, :33], _paste_loop(masks[i], boxes[i], (27, 33)), 0.5, 1e-5)
+
+
+def test_paste_masks_padded_equals_host_at_mask_resolution():
+  """28 x 28 masks, 50 detections, image 97 x 131: device and host pastes agree
+  on all but a handful of near-threshold pixels."""
+  rng = np.random.default_rng(1)
+  masks = rng.uniform(size=(50, 28, 28)).astype(np.float32)
+  xy = rng.uniform(-10, 120, (50, 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(0.3, 80, (50, 2))], 1).astype(np.float32)
+  host = paste_masks(masks, boxes, (97, 131))
+  dev = np.asarray(_paste_padded(masks, boxes, np.ones(50, bool), np.array([97, 131]),
+                                 out_hw=(97, 131)))
+  assert host.sum() > 10_000
+  assert (host != dev).sum() <= 5
 
 
 def test_paste_masks_close_to_torchvision():
