@@ -13,18 +13,43 @@ from zsi_jax.ops import boxes
 from tests.ops.helpers import random_boxes
 
 
+# Hypothesis draws many box counts: as in test_nms.py, the boxes are padded to
+# a fixed size and the ops run under jit, so each op compiles once instead of
+# every example running op by op. The ops are pairwise / per box, so the rows
+# and columns of the real boxes do not depend on the padding; only those are
+# compared with torchvision.
+_PAD = 40
+_PAD_BOX = np.array([1.0, 2.0, 3.0, 5.0], np.float32)  # any box of positive size
+
+
+def _padded(x, size):
+  return np.concatenate([x, np.tile(_PAD_BOX, (size - len(x), 1))])
+
+
+@jax.jit
+def _iou_area_clip(a, b):
+  return boxes.box_iou(a, b), boxes.box_area(a), boxes.clip_boxes(a, (60, 80))
+
+
+@jax.jit
+def _encode_decode(rois, gts, deltas):
+  enc = boxes.encode(rois, gts)
+  return enc, boxes.decode(rois, deltas), boxes.decode(rois, enc)
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1))
+@given(st.integers(1, _PAD), st.integers(1, _PAD), st.integers(0, 2**31 - 1))
 def test_iou_area_clip_match_torchvision(n, m, seed):
   rng = np.random.default_rng(seed)
   a = random_boxes(rng, n)
   b = random_boxes(rng, m)
-  np.testing.assert_allclose(np.asarray(boxes.box_iou(jnp.asarray(a), jnp.asarray(b))),
+  iou, area, clipped = _iou_area_clip(jnp.asarray(_padded(a, _PAD)), jnp.asarray(_padded(b, _PAD)))
+  np.testing.assert_allclose(np.asarray(iou)[:n, :m],
                              torchvision.ops.box_iou(torch.tensor(a), torch.tensor(b)).numpy(),
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(boxes.box_area(jnp.asarray(a))),
+  np.testing.assert_allclose(np.asarray(area)[:n],
                              torchvision.ops.box_area(torch.tensor(a)).numpy(), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(boxes.clip_boxes(jnp.asarray(a), (60, 80))),
+  np.testing.assert_allclose(np.asarray(clipped)[:n],
                              torchvision.ops.clip_boxes_to_image(torch.tensor(a), (60, 80)).numpy())
 
 
@@ -40,19 +65,19 @@ def test_encode_decode_match_torchvision_boxcoder(n, seed):
   rng = np.random.default_rng(seed)
   rois = random_boxes(rng, n)
   gts = random_boxes(rng, n)
-  coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), bbox_xform_clip=math.log(1000.0 / 16))
-  ref = coder.encode_single(torch.tensor(gts), torch.tensor(rois)).numpy()
-  ours = np.asarray(boxes.encode(jnp.asarray(rois), jnp.asarray(gts)))
-  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
   # Large deltas exercise the dw/dh clamp.
   deltas = rng.normal(scale=20.0, size=(n, 4)).astype(np.float32)
+  ours, ours_dec, back = (np.asarray(x)[:n] for x in _encode_decode(
+      jnp.asarray(_padded(rois, 30)), jnp.asarray(_padded(gts, 30)),
+      jnp.asarray(np.concatenate([deltas, np.zeros((30 - n, 4), np.float32)]))))
+  coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), bbox_xform_clip=math.log(1000.0 / 16))
+  ref = coder.encode_single(torch.tensor(gts), torch.tensor(rois)).numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
   ref_dec = coder.decode_single(torch.tensor(deltas), torch.tensor(rois)).numpy()
-  ours_dec = np.asarray(boxes.decode(jnp.asarray(rois), jnp.asarray(deltas)))
   np.testing.assert_allclose(ours_dec, ref_dec, rtol=1e-4, atol=1e-3)
   # Round trip, for the pairs the dw/dh clamp leaves alone: a target more than
   # 1000/16 times as wide or tall as its roi (roi sides go down to 0.5, target
   # sides up to 40; n=30, seed=1441 draws one) decodes to the clamped size.
-  back = np.asarray(boxes.decode(jnp.asarray(rois), jnp.asarray(ours)))
   log_ratio = np.log((gts[:, 2:] - gts[:, :2]) / (rois[:, 2:] - rois[:, :2]))
   inside = np.all(log_ratio < boxes.DEFAULT_MAX_RATIO - 1e-3, axis=1)
   np.testing.assert_allclose(back[inside], gts[inside], rtol=1e-4, atol=1e-3)
