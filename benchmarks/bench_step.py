@@ -16,8 +16,11 @@ Each framework runs in its own subprocess (so peak memory is its own), with the
 same number of CPU threads. Measured after compilation / warm-up:
   train: seconds per step and images/second (median of --steps steps);
   infer: images/second for the forward pass plus mask pasting into the image
-         (torchvision's ``paste_masks_in_image`` in its postprocess; zsi_jax's
-         host-side ``paste_masks``);
+         (torchvision's ``paste_masks_in_image`` in its postprocess, on the
+         device; zsi_jax twice: with the host-side ``paste_masks`` that
+         evaluation and the Segmenter use, and with ``paste_masks_padded``
+         compiled into the detect call, results left on the device as
+         torchvision leaves them);
   compile: seconds to lower + compile the train step and the detect function
            (zsi_jax), and whether any compilation happened during the timed
            steps (it must not);
@@ -103,7 +106,7 @@ def run_jax(args) -> dict:
 
   from configs.coco_common import coco_config
   from zsi_jax.modeling.zsi import init_variables, mask_roi_buckets
-  from zsi_jax.ops.postprocess import paste_masks
+  from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded
   from zsi_jax.training.loop import build_model, pad_class_vectors, trainable_mask
   from zsi_jax.training.optimizer import make_optimizer
   from zsi_jax.training.train_step import create_state, make_train_step
@@ -207,12 +210,22 @@ def run_jax(args) -> dict:
   out['detect_first_call_s'] = time.perf_counter() - t0
   out['detect_compile_s'] = sum(s for _, s in events[n_events:])
   out['detections_per_image'] = float(det['valid'].sum(1).mean())
+  # Pasting on the device, in the same compiled call (the canvas is the image
+  # here, so pasting at its size is pasting at the original size).
+  paste = jax.vmap(lambda d, ihw: paste_masks_padded(d['masks'], d['boxes'], d['valid'], ihw, hw))
+  detect_paste = jax.jit(lambda v, im, ihw: paste(
+      model.apply(v, im, ihw, cv_d, cm_d, method='detect'), ihw))
+  infer_device = lambda: jax.block_until_ready(
+      detect_paste(variables, batch['image'], batch['input_hw']))
+  infer_device()
   n_before = backend_compiles()
   out['infer_batch_s'] = median_seconds(infer, args.steps)
   out['infer_img_per_s'] = args.batch / out['infer_batch_s']
   # The same without mask pasting: the model's share of inference.
   out['infer_model_s'] = median_seconds(
       lambda: jax.device_get(detect(variables, batch['image'], batch['input_hw'])), args.steps)
+  out['infer_device_paste_batch_s'] = median_seconds(infer_device, args.steps)
+  out['infer_device_paste_img_per_s'] = args.batch / out['infer_device_paste_batch_s']
   out['recompiles_during_steps'] += backend_compiles() - n_before
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
@@ -324,6 +337,7 @@ def run_side_subprocess(args, side: str) -> dict:
 def report(results, args) -> str:
   rows = [('train step (s)', 'train_step_s', '{:.3f}'), ('train img/s', 'train_img_per_s', '{:.2f}'),
           ('infer img/s', 'infer_img_per_s', '{:.2f}'),
+          ('infer img/s, device paste', 'infer_device_paste_img_per_s', '{:.2f}'),
           ('infer batch, model only (s)', 'infer_model_s', '{:.3f}'),
           ('peak memory (MiB)', 'peak_mem_mib', '{:.0f}'),
           ('positive RoIs / image', 'positive_rois_per_image', '{:.0f}'),
@@ -336,11 +350,17 @@ def report(results, args) -> str:
            f"{'':28s}" + ''.join(f'{s:>16s}' for s in sides) + ('     ratio' if len(sides) == 2 else '')]
   for label, key, fmt in rows:
     vals = [r.get(key) for r in results]
+    if key == 'infer_device_paste_img_per_s' and len(results) == 2:
+      vals[1] = None                # torchvision has one inference number, shown above
+      ratio = results[0].get(key, 0) / results[1]['infer_img_per_s']
+    else:
+      ratio = (vals[0] / vals[1] if len(vals) == 2 and None not in vals
+               and key.endswith('per_s') else None)
     fmt_one = lambda v: ('-' if v is None else '/'.join(fmt.format(x) for x in v)
                          if isinstance(v, list) else fmt.format(v))
     line = f'{label:28s}' + ''.join(f'{fmt_one(v):>16s}' for v in vals)
-    if len(vals) == 2 and None not in vals and key.endswith('per_s'):
-      line += f'  {vals[0] / vals[1]:8.2f}x'
+    if ratio is not None and key.endswith('per_s'):
+      line += f'  {ratio:8.2f}x'
     lines.append(line)
   for r in results:
     if 'recompiles_during_steps' in r:
@@ -381,13 +401,13 @@ def main():
       print(json.dumps(run_torch(args)))
     return
   results = [run_side_subprocess(args, s) for s in args.sides.split(',')]
-  print(report(results, args))
   if args.json:
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling,
                               results=results)) + '\n')
+  print(report(results, args))
 
 
 if __name__ == '__main__':
