@@ -47,6 +47,27 @@ def test_rpn_scores_are_dot_products_with_w_bf():
   np.testing.assert_allclose(np.asarray(logits[0]), ref.reshape(1, -1, 2), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('impl', ['gemm', 'conv'])
+def test_conv1x1_then_folds_a_linear_map(impl):
+  # BA-RPN folds T and W_bf into one matrix: conv(x) @ then, same values and
+  # gradients for the kernel, the bias and ``then`` itself.
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 5, 3, 6)), jnp.float32)
+  then = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
+  conv = Conv1x1(9, impl=impl)
+  v = conv.init(jax.random.PRNGKey(0), x)
+  v = jax.tree_util.tree_map(lambda a: a + 0.3, v)      # a non-zero bias
+  w = jnp.asarray(rng.normal(size=(2, 5, 3, 4)), jnp.float32)
+  loss = lambda fn: lambda v, t: jnp.sum(fn(v, t) * w)
+  folded = lambda v, t: conv.apply(v, x, then=t)
+  plain = lambda v, t: conv.apply(v, x) @ t
+  np.testing.assert_allclose(folded(v, then), plain(v, then), rtol=1e-5, atol=1e-5)
+  g_f = jax.grad(loss(folded), argnums=(0, 1))(v, then)
+  g_p = jax.grad(loss(plain), argnums=(0, 1))(v, then)
+  for a, b in zip(jax.tree_util.tree_leaves(g_f), jax.tree_util.tree_leaves(g_p)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def nn_relu(x):
   return jax.nn.relu(x)
 

@@ -87,9 +87,11 @@ class BackgroundAwareRPN(nn.Module):
       b = x.shape[0]
       h = nn.relu(self.conv(x))
       if self.semantic:
-        s = self.semantic_projection(h)
-        # Plain dot products with W_bf: no normalisation, no temperature (REFERENCE.md).
-        lg = jnp.einsum('bhwd,akd->bhwak', s, self.word_vectors.astype(s.dtype))
+        # Plain dot products of T(h) with W_bf: no normalisation, no temperature
+        # (REFERENCE.md). Being linear, T and W_bf fold into one [C, 2A] matrix,
+        # which spares the [B, H, W, D] projection (D = 300 > 2A = 6).
+        w = self.word_vectors.reshape(-1, self.word_vectors.shape[-1])           # [A*2, D]
+        lg = self.semantic_projection(h, then=w.T)                               # [B,H,W,A*2]
       else:
         lg = self.objectness(h)
       logits.append(lg.reshape(b, -1, 2).astype(jnp.float32))

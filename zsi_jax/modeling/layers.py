@@ -151,15 +151,27 @@ class Conv1x1(_Conv):
   use_bias: bool = True
 
   @nn.compact
-  def __call__(self, x):
-    """[N, H, W, C] -> [N, ceil(H/stride), ceil(W/stride), features]."""
+  def __call__(self, x, then=None):
+    """[N, H, W, C] -> [N, ceil(H/stride), ceil(W/stride), features].
+
+    With ``then`` ([features, K]), returns ``self(x) @ then`` [..., K] computed
+    as ``x @ (kernel @ then) + bias @ then``: the same function and parameter
+    gradients, without the [..., features] intermediate when K < features.
+    """
     c = x.shape[-1]
     x, kernel = self._kernel(x, 1)
+    kernel = kernel.reshape(c, self.features)
+    bias = self._bias() if self.use_bias else None
+    if then is not None:
+      then = then.astype(kernel.dtype)
+      kernel = kernel @ then
+      bias = None if bias is None else bias @ then
     if resolve_conv_impl(self.impl) in ('gemm', 'mixed'):
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride]
-      y = x @ kernel.reshape(c, self.features)
+      y = x @ kernel
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), 'VALID',
+      y = jax.lax.conv_general_dilated(x, kernel.reshape(1, 1, *kernel.shape),
+                                       (self.stride, self.stride), 'VALID',
                                        dimension_numbers=_DN)
-    return y + self._bias() if self.use_bias else y
+    return y if bias is None else y + bias
