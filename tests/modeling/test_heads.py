@@ -7,7 +7,7 @@ import pytest
 
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
-from zsi_jax.modeling.layers import Conv1x1, Conv3x3
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3, Linear
 from zsi_jax.modeling.mask_head import (Deconv2x, SemanticMaskHead, mask_logits,
                                         mask_logits_per_roi)
 
@@ -66,6 +66,40 @@ def test_conv1x1_then_folds_a_linear_map(impl):
   g_p = jax.grad(loss(plain), argnums=(0, 1))(v, then)
   for a, b in zip(jax.tree_util.tree_leaves(g_f), jax.tree_util.tree_leaves(g_p)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('encoder', ['1x1', 'conv3x3'])
+def test_mask_head_logits_for_roi_vectors(encoder):
+  # Inference asks the head for semantic . v per RoI (K vectors each); the
+  # 1x1 encoder folds v into its kernel. Same values as the D-channel map.
+  head = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=1, encoder=encoder)
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(3, 14, 14, 8)), jnp.float32)
+  v = head.init(jax.random.PRNGKey(0), x)
+  v = jax.tree_util.tree_map(lambda a: a + 0.05, v)       # non-zero biases
+  roi_vectors = jnp.asarray(rng.normal(size=(3, 2, D)), jnp.float32)
+  got = head.apply(v, x, roi_vectors)['logits']
+  ref = jnp.einsum('nhwd,nkd->nhwk', head.apply(v, x)['semantic'], roi_vectors)
+  assert got.shape == (3, 28, 28, 2)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_is_nn_dense_and_folds_then():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(3, 4, 5, 6)), jnp.float32)
+  dense = nn.Dense(7)
+  v = dense.init(jax.random.PRNGKey(0), x)
+  v = jax.tree_util.tree_map(lambda a: a + 0.1, v)
+  lin = Linear(7)
+  assert jax.tree_util.tree_map(jnp.shape, lin.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_map(jnp.shape, v)
+  y = dense.apply(v, x)
+  np.testing.assert_allclose(lin.apply(v, x), y, rtol=1e-5, atol=1e-5)
+  shared = jnp.asarray(rng.normal(size=(7, 2)), jnp.float32)
+  per_row = jnp.asarray(rng.normal(size=(3, 7, 2)), jnp.float32)
+  np.testing.assert_allclose(lin.apply(v, x, shared), y @ shared, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(lin.apply(v, x, per_row),
+                             jnp.einsum('nhwd,ndk->nhwk', y, per_row), rtol=1e-4, atol=1e-5)
 
 
 def nn_relu(x):

@@ -175,3 +175,44 @@ class Conv1x1(_Conv):
                                        (self.stride, self.stride), 'VALID',
                                        dimension_numbers=_DN)
     return y if bias is None else y + bias
+
+
+class Linear(nn.Module):
+  """``nn.Dense`` (same parameters: ``kernel`` [C, features], ``bias``) that can
+  fold a linear map applied to its output.
+
+  ``Linear(x, then)`` is ``Dense(x) @ then`` computed as ``x @ (kernel @ then)
+  + bias @ then``: the same function and gradients, without the
+  ``[..., features]`` intermediate when ``then`` has fewer columns than
+  ``features`` (e.g. the mask head's 300-d encoder followed by one word vector
+  per RoI at inference).
+
+  Attributes:
+    features: output width.
+    kernel_init: as ``nn.Dense``'s (lecun normal).
+    dtype: computation dtype (parameters stay float32).
+  """
+  features: int
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, then=None):
+    """Args:
+      x: [N, ..., C].
+      then: None, [features, K] (one map for all rows) or [N, features, K]
+        (one per leading index of ``x``).
+    Returns:
+      [N, ..., features], or [N, ..., K] with ``then``.
+    """
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    if then is None:
+      return x @ kernel + bias
+    then = then.astype(self.dtype)
+    if then.ndim == 2:
+      return x @ (kernel @ then) + bias @ then
+    folded = jnp.einsum('cd,ndk->nck', kernel, then)                    # [N, C, K]
+    y = jnp.einsum('n...c,nck->n...k', x, folded)
+    return y + (bias @ then).reshape((then.shape[0],) + (1,) * (x.ndim - 2) + (-1,))

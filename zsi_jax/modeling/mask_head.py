@@ -12,7 +12,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv3x3
+from zsi_jax.modeling.layers import Conv3x3, Linear
 
 
 class Deconv2x(nn.Module):
@@ -68,26 +68,35 @@ class SemanticMaskHead(nn.Module):
   conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
-  def _coder(self, x, out_dim, name):
+  def _coder(self, x, out_dim, name, then=None):
+    """Encoder ``E`` or decoder ``D``; with ``then`` [N, out_dim, K], its output
+    dotted with K vectors per RoI: [N, m, m, K]."""
     if self.encoder == '1x1':
       # A 1x1 convolution as a Dense over channels: its kernel gradient is then
-      # one GEMM (the convolution form was 4x slower on XLA:CPU).
-      return nn.Dense(out_dim, dtype=self.dtype, name=name)(x)
+      # one GEMM (the convolution form was 4x slower on XLA:CPU). Being linear,
+      # it folds ``then`` into its kernel.
+      return Linear(out_dim, dtype=self.dtype, name=name)(x, then)
     if self.encoder == 'conv3x3':
       conv = lambda i: Conv3x3(out_dim, self.conv_impl, dtype=self.dtype, name=f'{name}_{i}')
-      return conv(1)(nn.relu(conv(0)(x)))
+      y = conv(1)(nn.relu(conv(0)(x)))
+      return y if then is None else jnp.einsum('nhwd,ndk->nhwk', y, then.astype(y.dtype))
     raise ValueError(f"mask head encoder must be '1x1' or 'conv3x3', got {self.encoder!r}")
 
   @nn.compact
-  def __call__(self, roi_features):
+  def __call__(self, roi_features, roi_vectors=None):
     """Runs the head.
 
     Args:
       roi_features: ``[N, 14, 14, C]`` RoIAlign output.
+      roi_vectors: None (training), or ``[N, K, D]`` word vectors per RoI
+        (inference: the detected class, and its projected form).
     Returns:
-      dict with ``semantic`` [N, 28, 28, D] float32, ``features`` [N, 28, 28,
-      channels] (the reconstruction target) and ``reconstruction`` (same shape,
-      or None).
+      without ``roi_vectors``: dict with ``semantic`` [N, 28, 28, D] float32,
+      ``features`` [N, 28, 28, channels] (the reconstruction target) and
+      ``reconstruction`` (same shape, or None);
+      with ``roi_vectors``: dict with ``logits`` [N, 28, 28, K] float32, the
+      per-pixel dot products ``semantic . roi_vectors`` (for the 1x1 encoder
+      computed as ``O . (E roi_vectors)``, without the D-channel map).
     """
     x = roi_features.astype(self.dtype)
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -95,6 +104,9 @@ class SemanticMaskHead(nn.Module):
       x = nn.relu(Conv3x3(self.channels, self.conv_impl, kernel_init=init, dtype=self.dtype,
                           name=f'conv{i + 1}')(x))
     x = nn.relu(Deconv2x(self.channels, kernel_init=init, dtype=self.dtype, name='deconv')(x))
+    if roi_vectors is not None:
+      then = jnp.swapaxes(roi_vectors, 1, 2)                                # [N, D, K]
+      return dict(logits=self._coder(x, self.semantic_dim, 'E', then).astype(jnp.float32))
     e = self._coder(x, self.semantic_dim, 'E')
     reconstruction = None
     if self.use_decoder:

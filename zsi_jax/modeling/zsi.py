@@ -320,20 +320,22 @@ class ZSIModel(nn.Module):
         max_detections=t.max_detections, pre_nms_topk=t.pre_nms_topk))(
             props, props_valid, scores, deltas, input_hw)
 
-    mhead = self.mask_head(self._pool(feats, det['boxes'], c.mask_head.roi_size).reshape(
-        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
     mmat, mmat_valid = class_matrix(self._sync_bg(v_b, 'mask'), class_vectors, class_valid)
-    sem = mhead['semantic']
     cls = jnp.clip(det['classes'], 0, None).reshape(-1) + 1
-    logits = mask_logits_per_roi(sem, mmat[cls])
+    vecs = mmat[cls][:, None]                                                # [N, 1, D]
     if scoring == 'projected':
-      # Unseen classes through the seen vectors; a seen target class (GZSI)
-      # keeps the direct comparison it was trained with.
+      # Unseen classes through the seen vectors: (s W_s^T W_s) . v equals
+      # s . (v W_s^T W_s) (the map is symmetric), so the projected vector
+      # goes in beside the direct one. A seen target class (GZSI) keeps the
+      # direct comparison it was trained with.
       ws, ws_valid = self._seen_matrix(v_b, seen_vectors, seen_valid, 'mask')
-      projected = mask_logits_per_roi(project_through_seen(sem, ws, ws_valid), mmat[cls])
+      vecs = jnp.concatenate([vecs, project_through_seen(vecs, ws, ws_valid)], axis=1)
+    logits = self.mask_head(self._pool(feats, det['boxes'], c.mask_head.roi_size).reshape(
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)), vecs)['logits']
+    if scoring == 'projected':
       is_seen = jnp.any(seen_target_matrix(mmat, mmat_valid, ws, ws_valid), axis=1)
-      logits = jnp.where(is_seen[cls][:, None, None], logits, projected)
-    m = jax.nn.sigmoid(logits)
+      logits = jnp.where(is_seen[cls][:, None, None, None], logits[..., :1], logits[..., 1:])
+    m = jax.nn.sigmoid(logits[..., 0])
     s = c.mask_head.mask_size
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'],
                 masks=m.reshape(det['classes'].shape + (s, s)), valid=det['valid'])
