@@ -109,9 +109,16 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(data_root, tm
   assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
   ckpts = os.path.join(killed, 'checkpoints')
   assert ocp.CheckpointManager(ckpts).latest_step() == 4
-  # Resume to step 8 and compare with a run that was never interrupted.
-  _run(_train_cmd(data_root, killed, 2), env=_env(**cache))
-  _run(_train_cmd(data_root, straight, 2), env=_env(**cache))
+  # Resume to step 8 and compare with a run that was never interrupted. The
+  # two are independent processes (own workdirs, the step already compiled
+  # in the cache): run them side by side on the two cores, then compare.
+  procs = [subprocess.Popen([sys.executable] + _train_cmd(data_root, w, 2), cwd=ROOT,
+                            env=_env(**cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+           for w in (killed, straight)]
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:] + err[-3000:]
   assert ocp.CheckpointManager(ckpts).latest_step() == 8
   assert [m['step'] for m in _metrics(killed)] == list(range(1, 9))
   _assert_trees_close(_params(straight, 8), _params(killed, 8), rtol=1e-5, atol=1e-6)
