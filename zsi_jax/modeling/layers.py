@@ -39,8 +39,9 @@ def conv3x3_mixed(x, kernel):
 
   The forward pass and the input gradient (a convolution with the flipped,
   transposed kernel) use XLA's convolution; the kernel gradient, which
-  XLA:CPU runs as a slow generic convolution, is ``im2col(x)^T g``. Only
-  ``x`` is kept for the backward pass (not its 9x larger im2col).
+  XLA:CPU runs as a slow generic convolution, is ``im2col(x)^T g`` (as nine
+  GEMMs on shifted views of ``x``). Only ``x`` is kept for the backward pass
+  (not its 9x larger im2col).
 
   x: [N, H, W, C], kernel: [3, 3, C, O] -> [N, H, W, O].
   """
@@ -53,9 +54,16 @@ def _mixed_fwd(x, kernel):
 
 def _mixed_bwd(res, g):
   x, kernel = res
-  c, o = kernel.shape[2:]
+  h, w, c = x.shape[1:]
+  o = kernel.shape[3]
   dx = _conv3x3(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-  dk = im2col3x3(x).reshape(-1, 9 * c).T @ g.reshape(-1, o)
+  # dk[i, j] = shift_ij(x)^T g: nine GEMMs on shifted views of the padded
+  # input rather than one on its concatenated im2col, which XLA:CPU would
+  # first write out in full (9x the input; P2: 0.30 vs 0.37 s).
+  p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  g2 = g.reshape(-1, o)
+  dk = jnp.stack([p[:, i:i + h, j:j + w].reshape(-1, c).T @ g2
+                  for i in range(3) for j in range(3)])
   return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
