@@ -29,7 +29,7 @@ same number of CPU threads. Measured after compilation / warm-up:
 Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
-      [--roi_buckets 1] [--profile DIR]
+      [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
   --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 makes the
   zsi_jax mask head run on all 128 slots per image (its worst case).
 """
@@ -195,6 +195,10 @@ def run_jax(args) -> dict:
     with open(os.path.join(args.profile, 'train_step.hlo.txt'), 'w') as f:
       f.write(step.lower(state, batch, cv_d, cm_d).compile().as_text())
 
+  if args.train_only:
+    out['peak_mem_mib'] = peak_rss_mib()
+    out['peak_mem_kind'] = 'process max RSS (train only)'
+    return out
   variables = {'params': state.params, **state.model_state}
   detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
   def infer():
@@ -326,8 +330,7 @@ def run_side_subprocess(args, side: str) -> dict:
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
          '--threads', str(args.threads), '--profile', args.profile,
          '--roi_buckets', str(args.roi_buckets)]
-  if args.fixed_sampling:
-    cmd.append('--fixed_sampling')
+  cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only') if getattr(args, flag)]
   p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
     raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')
@@ -385,6 +388,8 @@ def main():
   p.add_argument('--fixed_sampling', action='store_true',
                  help='zsi_jax: time the same step from the same state each time (same '
                       'sampling and mask bucket), for A/B comparisons')
+  p.add_argument('--train_only', action='store_true',
+                 help='zsi_jax: time the train step only (no inference), for quick A/B runs')
   p.add_argument('--profile', default='',
                  help='zsi_jax side: write a jax.profiler trace of one train step here '
                       '(summarise with benchmarks/top_ops.py)')
