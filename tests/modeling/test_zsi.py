@@ -128,33 +128,25 @@ def test_padded_ground_truth_contributes_nothing(setup):
 
 @pytest.mark.parametrize('scoring', ['direct', 'projected'])
 def test_detect_outputs(setup, scoring):
+  # Fixed-size outputs, and masks equal to the semantic map [N, 28, 28, D]
+  # compared with the class vector (detect folds the encoder into one vector
+  # per detection), projected through 2 seen vectors that are not among the
+  # 4 targets.
   cfg, model, variables, vecs = setup
   batch = make_batch(np.random.default_rng(4))
-  out = jax.jit(lambda v, im, hw, cv, cm: model.apply(
-      v, im, hw, cv, cm, seen_vectors=cv, seen_valid=cm, scoring=scoring,
-      method=ZSIModel.detect))(variables, batch['image'], batch['input_hw'], vecs,
-                               np.arange(K_MAX) < 4)
-  n = cfg.test.max_detections
-  assert out['boxes'].shape == (2, n, 4) and out['masks'].shape == (2, n, 28, 28)
-  cls = np.asarray(out['classes'])
-  valid = np.asarray(out['valid'])
-  assert np.all((cls[valid] >= 0) & (cls[valid] < 4)) and np.all(cls[~valid] == -1)
-  m = np.asarray(out['masks'])
-  assert np.all((m >= 0) & (m <= 1))
-
-
-@pytest.mark.parametrize('scoring', ['direct', 'projected'])
-def test_detect_masks_are_semantic_maps_dotted_with_class_vectors(setup, scoring):
-  # detect folds the encoder into one vector per detection; the masks must be
-  # those of the semantic map [N, 28, 28, D] compared with the class vector
-  # (projected through 2 seen vectors that are not among the 4 targets).
-  cfg, model, variables, vecs = setup
-  batch = make_batch(np.random.default_rng(5))
   seen = np.roll(vecs, -4, axis=0)
   cm, sm = np.arange(K_MAX) < 4, np.arange(K_MAX) < 2
   out = jax.jit(lambda v, im, hw: model.apply(
       v, im, hw, vecs, cm, seen_vectors=seen, seen_valid=sm, scoring=scoring,
       method=ZSIModel.detect))(variables, batch['image'], batch['input_hw'])
+  n = cfg.test.max_detections
+  assert out['boxes'].shape == (2, n, 4) and out['masks'].shape == (2, n, 28, 28)
+  cls = np.asarray(out['classes'])
+  valid = np.asarray(out['valid'])
+  assert valid.sum() > 0
+  assert np.all((cls[valid] >= 0) & (cls[valid] < 4)) and np.all(cls[~valid] == -1)
+  m = np.asarray(out['masks'])
+  assert np.all((m >= 0) & (m <= 1))
 
   def reference(module, images, boxes, classes):
     feats = module._features(images, False)
@@ -164,18 +156,14 @@ def test_detect_masks_are_semantic_maps_dotted_with_class_vectors(setup, scoring
         (-1, r, r, cfg.fpn_channels)))['semantic']
     mat, _ = class_matrix(module._sync_bg(v_b, 'mask'), vecs, cm)
     ws, ws_valid = class_matrix(module._sync_bg(v_b, 'mask'), seen, sm)
-    cls = jnp.clip(classes, 0, None).reshape(-1)
     if scoring == 'projected':
       sem = project_through_seen(sem, ws, ws_valid)
-    logits = mask_logits_per_roi(sem, mat[cls + 1])
+    logits = mask_logits_per_roi(sem, mat[jnp.clip(classes, 0, None).reshape(-1) + 1])
     return jax.nn.sigmoid(logits).reshape(classes.shape + (28, 28))
 
   ref = jax.jit(lambda v, im, b, c: model.apply(v, im, b, c, method=reference))(
       variables, batch['image'], out['boxes'], out['classes'])
-  valid = np.asarray(out['valid'])
-  assert valid.sum() > 0
-  np.testing.assert_allclose(np.asarray(out['masks'])[valid], np.asarray(ref)[valid],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(m[valid], np.asarray(ref)[valid], rtol=1e-4, atol=1e-5)
 
 
 def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
