@@ -78,8 +78,8 @@ def test_mask_head_logits_for_roi_vectors(encoder):
   v = head.init(jax.random.PRNGKey(0), x)
   v = jax.tree_util.tree_map(lambda a: a + 0.05, v)       # non-zero biases
   roi_vectors = jnp.asarray(rng.normal(size=(3, 2, D)), jnp.float32)
-  got = head.apply(v, x, roi_vectors)['logits']
-  ref = jnp.einsum('nhwd,nkd->nhwk', head.apply(v, x)['semantic'], roi_vectors)
+  got = jax.jit(head.apply)(v, x, roi_vectors)['logits']
+  ref = jnp.einsum('nhwd,nkd->nhwk', jax.jit(head.apply)(v, x)['semantic'], roi_vectors)
   assert got.shape == (3, 28, 28, 2)
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
