@@ -18,7 +18,7 @@ same number of CPU threads. Measured after compilation / warm-up:
   infer: images/second for the forward pass plus mask pasting into the image
          (torchvision's ``paste_masks_in_image`` in its postprocess, on the
          device; zsi_jax twice: with the host-side ``paste_masks`` that
-         evaluation and the Segmenter use, and with ``paste_masks_padded``
+         evaluation and the Predictor use, and with ``paste_masks_padded``
          compiled into the detect call, results left on the device as
          torchvision leaves them);
   compile: seconds to lower + compile the train step and the detect function
@@ -353,16 +353,15 @@ def report(results, args) -> str:
            f"{'':28s}" + ''.join(f'{s:>16s}' for s in sides) + ('     ratio' if len(sides) == 2 else '')]
   for label, key, fmt in rows:
     vals = [r.get(key) for r in results]
-    if key == 'infer_device_paste_img_per_s' and len(results) == 2:
-      vals[1] = None                # torchvision has one inference number, shown above
-      ratio = results[0].get(key, 0) / results[1]['infer_img_per_s']
-    else:
-      ratio = (vals[0] / vals[1] if len(vals) == 2 and None not in vals
-               and key.endswith('per_s') else None)
+    # torchvision has one inference number; the device-paste row compares with it.
+    ref = [r.get('infer_img_per_s') for r in results] if key == 'infer_device_paste_img_per_s' \
+        else vals
+    ratio = (vals[0] / ref[1] if len(vals) == 2 and None not in (vals[0], ref[1])
+             and key.endswith('per_s') else None)
     fmt_one = lambda v: ('-' if v is None else '/'.join(fmt.format(x) for x in v)
                          if isinstance(v, list) else fmt.format(v))
     line = f'{label:28s}' + ''.join(f'{fmt_one(v):>16s}' for v in vals)
-    if ratio is not None and key.endswith('per_s'):
+    if ratio is not None:
       line += f'  {ratio:8.2f}x'
     lines.append(line)
   for r in results:
