@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zsi_jax.modeling import losses
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
 from zsi_jax.modeling.layers import Conv1x1, Conv3x3, Linear
@@ -84,13 +85,55 @@ def test_mask_head_logits_for_roi_vectors(encoder):
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('encoder', ['1x1', 'conv3x3'])
+def test_mask_head_training_fold_matches_the_semantic_map(encoder):
+  # Training asks for each RoI's target-class logits and the reconstruction
+  # error; the 1x1 coders fold both (O (K_E K_D - I) + b, no D-channel map).
+  # The mask losses and their gradients (parameters and RoI features) must
+  # equal those computed from the semantic map and the decoder output.
+  head = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=1, encoder=encoder)
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(3, 14, 14, 8)), jnp.float32)
+  v = head.init(jax.random.PRNGKey(0), x)
+  v = jax.tree_util.tree_map(lambda a: a + 0.05, v)       # non-zero biases
+  vecs = jnp.asarray(rng.normal(size=(3, D)), jnp.float32)
+  target = jnp.asarray(rng.random(size=(3, 28, 28)) > 0.5, jnp.float32)
+  valid = jnp.array([1.0, 1.0, 0.0])
+
+  def folded(v, x):
+    out = head.apply(v, x, vecs[:, None], residual=True)
+    return (losses.sigmoid_binary_cross_entropy(out['logits'][..., 0], target,
+                                                valid[:, None, None]),
+            losses.residual_mse(out['residual'], valid))
+
+  def plain(v, x):
+    out = head.apply(v, x)
+    return (losses.sigmoid_binary_cross_entropy(mask_logits_per_roi(out['semantic'], vecs),
+                                                target, valid[:, None, None]),
+            losses.reconstruction_mse(out['features'], out['reconstruction'], valid))
+
+  got, ref = jax.jit(folded)(v, x), jax.jit(plain)(v, x)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  assert float(ref[1]) > 0
+  for term in range(2):
+    g_f = jax.jit(jax.grad(lambda v, x: folded(v, x)[term], argnums=(0, 1)))(v, x)
+    g_p = jax.jit(jax.grad(lambda v, x: plain(v, x)[term], argnums=(0, 1)))(v, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_f), jax.tree_util.tree_leaves(g_p)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  # Without the decoder there is no reconstruction error to return.
+  no_dec = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=1, encoder=encoder,
+                            use_decoder=False)
+  out = no_dec.apply(no_dec.init(jax.random.PRNGKey(0), x), x, vecs[:, None], residual=True)
+  assert out['residual'] is None and out['logits'].shape == (3, 28, 28, 1)
+
+
 def test_linear_is_nn_dense_and_folds_then():
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(3, 4, 5, 6)), jnp.float32)
   dense = nn.Dense(7)
   v = dense.init(jax.random.PRNGKey(0), x)
   v = jax.tree_util.tree_map(lambda a: a + 0.1, v)
-  lin = Linear(7)
+  lin = Linear(7, 6)
   assert jax.tree_util.tree_map(jnp.shape, lin.init(jax.random.PRNGKey(0), x)) == \
       jax.tree_util.tree_map(jnp.shape, v)
   y = dense.apply(v, x)

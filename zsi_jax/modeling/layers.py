@@ -193,18 +193,30 @@ class Linear(nn.Module):
   + bias @ then``: the same function and gradients, without the
   ``[..., features]`` intermediate when ``then`` has fewer columns than
   ``features`` (e.g. the mask head's 300-d encoder followed by one word vector
-  per RoI at inference).
+  per RoI). The parameters are made in ``setup`` (hence ``in_features``), so
+  a parent can also read them with ``affine()`` and fold two of these layers
+  into one map.
 
   Attributes:
     features: output width.
+    in_features: input width C.
     kernel_init: as ``nn.Dense``'s (lecun normal).
     dtype: computation dtype (parameters stay float32).
   """
   features: int
+  in_features: int
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.kernel = self.param('kernel', self.kernel_init, (self.in_features, self.features),
+                             jnp.float32)
+    self.bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+
+  def affine(self):
+    """(kernel [C, features], bias [features]), float32."""
+    return self.kernel, self.bias
+
   def __call__(self, x, then=None):
     """Args:
       x: [N, ..., C].
@@ -213,9 +225,7 @@ class Linear(nn.Module):
     Returns:
       [N, ..., features], or [N, ..., K] with ``then``.
     """
-    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, self.kernel, self.bias))
     if then is None:
       return x @ kernel + bias
     then = then.astype(self.dtype)

@@ -86,6 +86,11 @@ def reconstruction_mse(original, reconstruction, weights):
   Returns:
     scalar mean over valid entries and feature elements.
   """
+  return residual_mse(original - reconstruction, weights)
+
+
+def residual_mse(residual, weights):
+  """``reconstruction_mse`` given the error ``R - O`` [N, ...F] itself."""
   w = weights.astype(jnp.float32)
-  per = jnp.mean(jnp.square(original - reconstruction).reshape(original.shape[0], -1), axis=-1)
+  per = jnp.mean(jnp.square(residual).reshape(residual.shape[0], -1), axis=-1)
   return safe_divide(jnp.sum(per * w), jnp.sum(w))

@@ -68,35 +68,58 @@ class SemanticMaskHead(nn.Module):
   conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
-  def _coder(self, x, out_dim, name, then=None):
-    """Encoder ``E`` or decoder ``D``; with ``then`` [N, out_dim, K], its output
-    dotted with K vectors per RoI: [N, m, m, K]."""
+  def _coder(self, x, out_dim, name):
+    """Encoder ``E`` or decoder ``D``: [N, m, m, C] -> [N, m, m, out_dim]."""
     if self.encoder == '1x1':
       # A 1x1 convolution as a Dense over channels: its kernel gradient is then
       # one GEMM (the convolution form was 4x slower on XLA:CPU). Being linear,
-      # it folds ``then`` into its kernel.
-      return Linear(out_dim, dtype=self.dtype, name=name)(x, then)
+      # it also folds what follows it (``_folded``).
+      return Linear(out_dim, x.shape[-1], dtype=self.dtype, name=name)(x)
     if self.encoder == 'conv3x3':
       conv = lambda i: Conv3x3(out_dim, self.conv_impl, dtype=self.dtype, name=f'{name}_{i}')
-      y = conv(1)(nn.relu(conv(0)(x)))
-      return y if then is None else jnp.einsum('nhwd,ndk->nhwk', y, then.astype(y.dtype))
+      return conv(1)(nn.relu(conv(0)(x)))
     raise ValueError(f"mask head encoder must be '1x1' or 'conv3x3', got {self.encoder!r}")
 
+  def _folded(self, x, then, residual):
+    """Logits and reconstruction error of the 1x1 coders without the D-channel map.
+
+    ``E`` and ``D`` are affine with nothing in between, so the logits are
+    ``O . (K_E v) + b_E . v`` and ``D(E(O)) - O = O (K_E K_D - I) + (b_E K_D
+    + b_D)``: one C x C matmul per pixel instead of C -> D -> C (the
+    [N, 28, 28, D] semantic map is never built). The same functions of the
+    same parameters, gradients included.
+    x: [N, m, m, C]; then: [N, D, K] -> ([N, m, m, K], [N, m, m, C] float32 or None).
+    """
+    c = x.shape[-1]
+    enc = Linear(self.semantic_dim, c, dtype=self.dtype, name='E')
+    logits = enc(x, then)
+    if not residual:
+      return logits, None
+    k_e, b_e = enc.affine()
+    k_d, b_d = Linear(c, self.semantic_dim, dtype=self.dtype, name='D').affine()
+    folded = (k_e @ k_d - jnp.eye(c, dtype=k_e.dtype)).astype(self.dtype)
+    return logits, (x @ folded + (b_e @ k_d + b_d).astype(self.dtype)).astype(jnp.float32)
+
   @nn.compact
-  def __call__(self, roi_features, roi_vectors=None):
+  def __call__(self, roi_features, roi_vectors=None, residual: bool = False):
     """Runs the head.
 
     Args:
       roi_features: ``[N, 14, 14, C]`` RoIAlign output.
-      roi_vectors: None (training), or ``[N, K, D]`` word vectors per RoI
-        (inference: the detected class, and its projected form).
+      roi_vectors: None, or ``[N, K, D]`` word vectors per RoI (training: each
+        RoI's target class; inference: the detected class, and its projected
+        form).
+      residual: with ``roi_vectors``, also return the reconstruction error
+        (training).
     Returns:
       without ``roi_vectors``: dict with ``semantic`` [N, 28, 28, D] float32,
       ``features`` [N, 28, 28, channels] (the reconstruction target) and
       ``reconstruction`` (same shape, or None);
       with ``roi_vectors``: dict with ``logits`` [N, 28, 28, K] float32, the
-      per-pixel dot products ``semantic . roi_vectors`` (for the 1x1 encoder
-      computed as ``O . (E roi_vectors)``, without the D-channel map).
+      per-pixel dot products ``semantic . roi_vectors``, and with
+      ``residual=True`` also ``residual`` [N, 28, 28, channels] float32,
+      ``reconstruction - features`` (None without the decoder). For the 1x1
+      encoder both are computed without the D-channel map (``_folded``).
     """
     x = roi_features.astype(self.dtype)
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -105,8 +128,19 @@ class SemanticMaskHead(nn.Module):
                           name=f'conv{i + 1}')(x))
     x = nn.relu(Deconv2x(self.channels, kernel_init=init, dtype=self.dtype, name='deconv')(x))
     if roi_vectors is not None:
-      then = jnp.swapaxes(roi_vectors, 1, 2)                                # [N, D, K]
-      return dict(logits=self._coder(x, self.semantic_dim, 'E', then).astype(jnp.float32))
+      then = jnp.swapaxes(roi_vectors, 1, 2).astype(self.dtype)             # [N, D, K]
+      with_residual = residual and self.use_decoder
+      if self.encoder == '1x1':
+        logits, res = self._folded(x, then, with_residual)
+      else:
+        e = self._coder(x, self.semantic_dim, 'E')
+        logits = jnp.einsum('nhwd,ndk->nhwk', e, then)
+        res = (self._coder(e, self.channels, 'D').astype(jnp.float32) - x.astype(jnp.float32)
+               if with_residual else None)
+      out = dict(logits=logits.astype(jnp.float32))
+      if residual:
+        out['residual'] = res
+      return out
     e = self._coder(x, self.semantic_dim, 'E')
     reconstruction = None
     if self.use_decoder:

@@ -23,7 +23,7 @@ from zsi_jax.modeling import losses as L
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
 from zsi_jax.modeling.fpn import FPN
-from zsi_jax.modeling.mask_head import SemanticMaskHead, mask_logits_per_roi
+from zsi_jax.modeling.mask_head import SemanticMaskHead
 from zsi_jax.modeling.resnet import ResNet
 from zsi_jax.ops import anchors as anchor_ops
 from zsi_jax.ops import postprocess, proposals, roi_align, targets
@@ -253,18 +253,21 @@ class ZSIModel(nn.Module):
     m_gt = jnp.take_along_axis(matched_gt, mask_idx, axis=1)
     m_targets = jax.vmap(lambda gm, gb, r, g: targets.mask_targets(
         gm, gb, r, g, output_size=c.mask_head.mask_size))(gt_masks, gt_boxes, m_rois, m_gt)
+    roi_vectors = mmat[jnp.clip(m_labels, 0, None)].reshape(-1, 1, mmat.shape[-1])
+    # Only each RoI's target class is compared (the paper's per-class BCE), so
+    # the head folds that vector into its encoder (no [N, 28, 28, D] map).
     mhead = self.mask_head(self._pool(levels, m_rois, c.mask_head.roi_size).reshape(
-        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)))
-    roi_vectors = mmat[jnp.clip(m_labels, 0, None)].reshape(-1, mmat.shape[-1])
-    m_logits = mask_logits_per_roi(mhead['semantic'], roi_vectors)
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)), roi_vectors,
+                           residual=True)
+    m_logits = mhead['logits'][..., 0]
     m_valid = m_valid.reshape(-1)
     pixels = c.mask_head.mask_size ** 2
     bce = L.safe_divide(
         L.sigmoid_binary_cross_entropy(m_logits, m_targets.reshape(m_logits.shape),
                                        m_valid[:, None, None]),
         jnp.sum(m_valid) * pixels)
-    recon = (L.reconstruction_mse(mhead['features'], mhead['reconstruction'], m_valid)
-             if mhead['reconstruction'] is not None else jnp.zeros(()))
+    recon = (L.residual_mse(mhead['residual'], m_valid)
+             if mhead['residual'] is not None else jnp.zeros(()))
     return bce, recon, jnp.sum(m_valid)
 
   def _vocabulary(self):
