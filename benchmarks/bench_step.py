@@ -30,12 +30,15 @@ Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
+      [--set model.mask_head.fused_backward=False ...]
   --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 makes the
-  zsi_jax mask head run on all 128 slots per image (its worst case).
+  zsi_jax mask head run on all 128 slots per image (its worst case); --set
+  overrides a field of the zsi_jax config (for A/B runs).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
@@ -118,6 +121,16 @@ def run_jax(args) -> dict:
   c.model.test.score_threshold = 0.0
   if args.roi_buckets:
     c.model.mask_head.roi_buckets = args.roi_buckets
+  for item in args.set:
+    key, value = item.split('=', 1)
+    *path, leaf = key.split('.')
+    node = c
+    for part in path:
+      node = node[part]
+    try:
+      node[leaf] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[leaf] = value
   c.data.batch_size = args.batch
   rng = np.random.default_rng(0)
   vecs = rng.normal(size=(NUM_CLASSES, VECTOR_DIM)).astype(np.float32)
@@ -331,6 +344,8 @@ def run_side_subprocess(args, side: str) -> dict:
          '--threads', str(args.threads), '--profile', args.profile,
          '--roi_buckets', str(args.roi_buckets)]
   cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only') if getattr(args, flag)]
+  for item in args.set:
+    cmd += ['--set', item]
   p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
     raise RuntimeError(f'{side} benchmark failed:\n{p.stderr[-4000:]}')
@@ -392,6 +407,9 @@ def main():
   p.add_argument('--profile', default='',
                  help='zsi_jax side: write a jax.profiler trace of one train step here '
                       '(summarise with benchmarks/top_ops.py)')
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='zsi_jax: override a config field, e.g. '
+                      'model.mask_head.fused_backward=False (repeatable; A/B runs)')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()
@@ -409,7 +427,7 @@ def main():
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
-                              fixed_sampling=args.fixed_sampling,
+                              fixed_sampling=args.fixed_sampling, set=args.set,
                               results=results)) + '\n')
   print(report(results, args))
 

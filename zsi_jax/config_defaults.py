@@ -38,7 +38,11 @@ def model_config() -> ml_collections.ConfigDict:
                      mask_size=28, recon_weight=0.5, max_rois_per_image=128,
                      # > 1: run on the smallest of this many slot buckets (cap, cap/2, ...)
                      # that holds the batch's positives; see modeling/zsi.mask_roi_buckets.
-                     roi_buckets=4)
+                     roi_buckets=4,
+                     # With buckets, compute the mask loss's gradients inside the taken
+                     # bucket (ZSIModel._fused_mask_loss): no second forward pass; the
+                     # mask terms are then differentiable only through 'total'.
+                     fused_backward=True)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

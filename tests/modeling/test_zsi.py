@@ -177,29 +177,43 @@ def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
   rest = {k: v for k, v in variables.items() if k != 'params'}
   batch = make_batch(np.random.default_rng(5), n_real=(1, 1))
   out = {}
-  for buckets in (1, 2):                        # (16,) and (8, 16) slots
+  # (16,) slots; (8, 16) with the gradients computed inside the taken bucket
+  # (fused_backward, the default); (8, 16) with rematerialised branches.
+  for name, buckets, fused in (('one', 1, True), ('fused', 2, True), ('remat', 2, False)):
     c = cfg.copy_and_resolve_references()
     c.roi_sampling.num_samples = 64
     c.mask_head.max_rois_per_image = 16
     c.mask_head.roi_buckets = buckets
+    c.mask_head.fused_backward = fused
     model = ZSIModel(config=c, background_init=tuple(vecs.mean(0).tolist()))
 
     def loss(p):
       terms, aux = model.apply({'params': p, **rest}, batch, jnp.asarray(vecs),
                                jnp.asarray(np.arange(K_MAX) < 3), jax.random.PRNGKey(0), True,
                                method=ZSIModel.losses)
-      return terms['total'], (terms, aux)
+      return 3.0 * terms['total'], (terms, aux)   # a cotangent other than 1
 
     (_, (terms, aux)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    out[buckets] = terms, aux, grads
-  (t1, a1, g1), (t4, a4, g4) = out[1], out[2]
+    out[name] = terms, aux, grads
+  t1, a1, g1 = out['one']
   positives = int(a1['num_mask_rois'])
   assert 0 < positives <= 8, positives           # so the bucket below the cap (16) runs
-  assert int(a4['mask_bucket']) == 0 and int(a4['num_mask_rois']) == positives
-  for k in t1:
-    np.testing.assert_allclose(float(t4[k]), float(t1[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-  for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The mask head gets gradients (so the comparison below covers them).
+  assert float(jnp.abs(g1['mask_head']['conv1']['kernel']).sum()) > 0
+  for name in ('fused', 'remat'):
+    t4, a4, g4 = out[name]
+    assert int(a4['mask_bucket']) == 0 and int(a4['num_mask_rois']) == positives, name
+    for k in t1:
+      np.testing.assert_allclose(float(t4[k]), float(t1[k]), rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{name} {k}')
+    for path, a in jax.tree_util.tree_leaves_with_path(g4):
+      b = g1
+      for key in path:
+        b = b[key.key]
+      # Summation order differs between the paths: float32 noise relative to
+      # each leaf's scale.
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
+                                 err_msg=f'{name} {jax.tree_util.keystr(path)}')
 
 
 def test_projected_scoring_keeps_seen_probabilities_in_gzsi(setup):

@@ -204,8 +204,13 @@ class ZSIModel(nn.Module):
     bucket = jnp.sum(most > jnp.asarray(sizes[:-1], jnp.int32)).astype(jnp.int32)
     operands = (feats[:4], rois, roi_labels, pos, roi_t['matched_gt'],
                 batch['gt_masks'].astype(jnp.float32), gt_boxes, mmat)
+    mask_recon_weight = c.mask_head.recon_weight * recon_scale
     if len(sizes) == 1:
       mask_bce, mask_recon, num_mask_rois = self._mask_loss(*operands, n=sizes[0])
+      mask_loss = mask_bce + mask_recon_weight * mask_recon
+    elif c.mask_head.get('fused_backward', True) and not self.is_initializing():
+      mask_loss, (mask_bce, mask_recon, num_mask_rois) = self._fused_mask_loss(
+          bucket, sizes, operands, mask_recon_weight)
     else:
       # Differentiating a switch makes every branch output the residuals of
       # all branches, zero-filled where not taken: the im2col buffers of the
@@ -216,12 +221,14 @@ class ZSIModel(nn.Module):
                                 policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
                   for n in sizes]
       mask_bce, mask_recon, num_mask_rois = nn.switch(bucket, branches, self, *operands)
+      mask_loss = mask_bce + mask_recon_weight * mask_recon
 
     terms = dict(rpn_cls=rpn_cls, rpn_box=rpn_box, det_cls=det_cls, det_box=det_box,
                  det_recon=c.box_head.recon_weight * recon_scale * det_recon,
-                 mask_bce=mask_bce,
-                 mask_recon=c.mask_head.recon_weight * recon_scale * mask_recon)
-    total = sum(terms.values())
+                 mask_bce=mask_bce, mask_recon=mask_recon_weight * mask_recon)
+    # The mask terms' sum is ``mask_loss``, which carries their gradient (the
+    # fused path reports the two terms as values only).
+    total = sum(v for k, v in terms.items() if not k.startswith('mask_')) + mask_loss
     aux = dict(num_pos_rois=jnp.sum(pos), num_rois=num_rois, num_mask_rois=num_mask_rois,
                mask_bucket=bucket,
                num_rpn_sampled=num_sampled, num_rpn_pos=jnp.sum(rpn_t['labels'] == 1),
@@ -229,7 +236,47 @@ class ZSIModel(nn.Module):
                v_b_norm=jnp.linalg.norm(v_b))
     return dict(total=total, **terms), aux
 
-  def _mask_loss(self, levels, rois, roi_labels, pos, matched_gt, gt_masks, gt_boxes, mmat, n):
+  def _fused_mask_loss(self, bucket, sizes, operands, recon_weight):
+    """The bucketed mask loss with its backward pass run inside the taken bucket.
+
+    Differentiating a ``lax.switch`` makes it output the residuals of every
+    branch (zero-filled where not taken), so the switch branches used to be
+    rematerialised, which runs the mask head's forward pass twice. Here each
+    branch computes the loss and, at once, its gradients with respect to the
+    mask head's parameters, the P2-P5 features and the class matrix (the
+    only inputs that depend on parameters); the backward pass only scales
+    them (``switch_with_gradients``). That needs one differentiable scalar,
+    so BCE and the weighted reconstruction are summed here.
+
+    Args:
+      bucket: int32 scalar, the branch to run.
+      sizes: the buckets' slots per image.
+      operands: ``_mask_loss``'s arguments (before ``n``).
+      recon_weight: scalar weight of the reconstruction term.
+    Returns:
+      (``bce + recon_weight * recon``, differentiable;
+      ``(bce, recon, number of mask RoIs)`` without gradients).
+    """
+    levels, rois, roi_labels, pos, matched_gt, gt_masks, gt_boxes, mmat = operands
+    head = self.mask_head.clone(parent=None)
+
+    def branch(n):
+      def loss(diff, rest):
+        params, levels, mmat = diff
+        *other, weight = rest
+        apply = lambda f, v: head.apply({'params': params}, f, v, residual=True)
+        bce, recon, count = self._mask_loss(levels, *other, mmat, n=n, head=apply)
+        return bce + weight * recon, (bce, recon, count)
+      return loss
+
+    diff = (self.mask_head.variables['params'], levels, mmat)
+    rest = (rois, roi_labels, pos, matched_gt, gt_masks, gt_boxes,
+            jnp.asarray(recon_weight, jnp.float32))
+    loss, aux = switch_with_gradients(bucket, [branch(n) for n in sizes], diff, rest)
+    return loss, jax.lax.stop_gradient(aux)
+
+  def _mask_loss(self, levels, rois, roi_labels, pos, matched_gt, gt_masks, gt_boxes, mmat, n,
+                 head=None):
     """Mask BCE and reconstruction on the first ``n`` positive RoIs of each image.
 
     Args:
@@ -241,6 +288,8 @@ class ZSIModel(nn.Module):
       mmat: ``[K+1, D]`` the mask head's ``[v_b; W]``.
       n: static slots per image (positives beyond ``n`` would be dropped, so
         callers pass ``n`` >= every image's positive count, or the cap).
+      head: ``(roi_features, roi_vectors) -> dict(logits, residual)``; the
+        mask head (``residual=True``) by default.
     Returns:
       (mask BCE, unweighted reconstruction MSE, number of mask RoIs).
     """
@@ -256,9 +305,10 @@ class ZSIModel(nn.Module):
     roi_vectors = mmat[jnp.clip(m_labels, 0, None)].reshape(-1, 1, mmat.shape[-1])
     # Only each RoI's target class is compared (the paper's per-class BCE), so
     # the head folds that vector into its encoder (no [N, 28, 28, D] map).
-    mhead = self.mask_head(self._pool(levels, m_rois, c.mask_head.roi_size).reshape(
-        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)), roi_vectors,
-                           residual=True)
+    if head is None:
+      head = lambda f, v: self.mask_head(f, v, residual=True)
+    mhead = head(self._pool(levels, m_rois, c.mask_head.roi_size).reshape(
+        (-1, c.mask_head.roi_size, c.mask_head.roi_size, c.fpn_channels)), roi_vectors)
     m_logits = mhead['logits'][..., 0]
     m_valid = m_valid.reshape(-1)
     pixels = c.mask_head.mask_size ** 2
@@ -419,6 +469,47 @@ def mask_roi_buckets(cap: int, num_buckets: int) -> Tuple[int, ...]:
   Returns e.g. (16, 32, 64, 128) for cap 128 and 4 buckets.
   """
   return tuple(sorted({max(1, cap >> i) for i in range(max(1, num_buckets))}))
+
+
+def switch_with_gradients(index, branches, diff, rest):
+  """``lax.switch(index, branches, diff, rest)`` whose backward pass is computed
+  in the forward pass, inside the taken branch.
+
+  Reverse-mode differentiation of a switch makes it output the residuals of
+  all branches in one common form (zero-filled for the branches not taken)
+  or, rematerialised, run the taken branch's forward pass again. When the
+  branches return a scalar loss that enters the objective linearly (the
+  mask loss), each branch can instead return its gradient at once; the
+  backward pass then only multiplies it by the incoming cotangent.
+
+  Args:
+    index: int32 scalar.
+    branches: functions ``(diff, rest) -> (loss scalar, aux)``, same output
+      structure.
+    diff: pytree of the float arrays to differentiate.
+    rest: pytree of arrays whose cotangent is zero (integer and boolean
+      arrays, and values that do not depend on what is differentiated).
+  Returns:
+    (loss, aux). ``aux`` gets no gradient: callers must not differentiate it
+    (wrap it in ``lax.stop_gradient``).
+  """
+  def with_grad(branch):
+    return lambda d, r: jax.value_and_grad(branch, has_aux=True)(d, r)
+
+  @jax.custom_vjp
+  def run(index, diff, rest):
+    return jax.lax.switch(index, branches, diff, rest)
+
+  def fwd(index, diff, rest):
+    out, grads = jax.lax.switch(index, [with_grad(b) for b in branches], diff, rest)
+    return out, grads
+
+  def bwd(grads, cotangent):
+    g = cotangent[0]
+    return None, jax.tree_util.tree_map(lambda x: (g * x).astype(x.dtype), grads), None
+
+  run.defvjp(fwd, bwd)
+  return run(index, diff, rest)
 
 
 def _first_true(mask, n):
