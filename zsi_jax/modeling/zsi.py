@@ -140,7 +140,10 @@ class ZSIModel(nn.Module):
       recon_scale: scalar multiplier of both reconstruction weights (the
         optional ramp of the train step; 1 = the paper's 0.5).
     Returns:
-      dict of scalar loss terms (``total`` included) and diagnostics.
+      dict of scalar loss terms (``total`` included) and diagnostics. With
+      more than one mask-RoI bucket and ``mask_head.fused_backward`` (the
+      default), ``mask_bce`` and ``mask_recon`` are values whose gradient
+      reaches the parameters through ``total`` only (``_fused_mask_loss``).
     """
     c = self.config
     images = batch['image']
