@@ -69,15 +69,20 @@ def test_conv1x1_then_folds_a_linear_map(impl):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+def _small_mask_head(encoder, seed):
+  """A one-conv mask head on 3 RoIs of 8 channels, with non-zero biases: (head, rng, x, variables)."""
+  head = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=1, encoder=encoder)
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(3, 14, 14, 8)), jnp.float32)
+  v = head.init(jax.random.PRNGKey(0), x)
+  return head, rng, x, jax.tree_util.tree_map(lambda a: a + 0.05, v)
+
+
 @pytest.mark.parametrize('encoder', ['1x1', 'conv3x3'])
 def test_mask_head_logits_for_roi_vectors(encoder):
   # Inference asks the head for semantic . v per RoI (K vectors each); the
   # 1x1 encoder folds v into its kernel. Same values as the D-channel map.
-  head = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=1, encoder=encoder)
-  rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.normal(size=(3, 14, 14, 8)), jnp.float32)
-  v = head.init(jax.random.PRNGKey(0), x)
-  v = jax.tree_util.tree_map(lambda a: a + 0.05, v)       # non-zero biases
+  head, rng, x, v = _small_mask_head(encoder, seed=3)
   roi_vectors = jnp.asarray(rng.normal(size=(3, 2, D)), jnp.float32)
   got = jax.jit(head.apply)(v, x, roi_vectors)['logits']
   ref = jnp.einsum('nhwd,nkd->nhwk', jax.jit(head.apply)(v, x)['semantic'], roi_vectors)
@@ -91,11 +96,7 @@ def test_mask_head_training_fold_matches_the_semantic_map(encoder):
   # error; the 1x1 coders fold both (O (K_E K_D - I) + b, no D-channel map).
   # The mask losses and their gradients (parameters and RoI features) must
   # equal those computed from the semantic map and the decoder output.
-  head = SemanticMaskHead(semantic_dim=D, channels=8, num_convs=1, encoder=encoder)
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.normal(size=(3, 14, 14, 8)), jnp.float32)
-  v = head.init(jax.random.PRNGKey(0), x)
-  v = jax.tree_util.tree_map(lambda a: a + 0.05, v)       # non-zero biases
+  head, rng, x, v = _small_mask_head(encoder, seed=5)
   vecs = jnp.asarray(rng.normal(size=(3, D)), jnp.float32)
   target = jnp.asarray(rng.random(size=(3, 28, 28)) > 0.5, jnp.float32)
   valid = jnp.array([1.0, 1.0, 0.0])
