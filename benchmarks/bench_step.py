@@ -58,6 +58,14 @@ MAX_GT = 100
 MASK_GT = 56
 
 
+def literal(text: str):
+  """A --set value: a Python literal (False, 0.5, 'x', ...) or else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def parse_size(s: str):
   if 'x' in s:
     h, w = s.split('x')
@@ -111,6 +119,7 @@ def run_jax(args) -> dict:
   from zsi_jax.modeling.zsi import init_variables, mask_roi_buckets
   from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded
   from zsi_jax.training.loop import build_model, pad_class_vectors, trainable_mask
+  from zsi_jax.training.config_check import validate
   from zsi_jax.training.optimizer import make_optimizer
   from zsi_jax.training.train_step import create_state, make_train_step
 
@@ -121,16 +130,8 @@ def run_jax(args) -> dict:
   c.model.test.score_threshold = 0.0
   if args.roi_buckets:
     c.model.mask_head.roi_buckets = args.roi_buckets
-  for item in args.set:
-    key, value = item.split('=', 1)
-    *path, leaf = key.split('.')
-    node = c
-    for part in path:
-      node = node[part]
-    try:
-      node[leaf] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[leaf] = value
+  c.update_from_flattened_dict({k: literal(v) for k, v in (i.split('=', 1) for i in args.set)})
+  validate(c)                       # a misspelt --set key is an error, not a no-op
   c.data.batch_size = args.batch
   rng = np.random.default_rng(0)
   vecs = rng.normal(size=(NUM_CLASSES, VECTOR_DIM)).astype(np.float32)

@@ -206,14 +206,12 @@ def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
     for k in t1:
       np.testing.assert_allclose(float(t4[k]), float(t1[k]), rtol=1e-5, atol=1e-6,
                                  err_msg=f'{name} {k}')
-    for path, a in jax.tree_util.tree_leaves_with_path(g4):
-      b = g1
-      for key in path:
-        b = b[key.key]
-      # Summation order differs between the paths: float32 noise relative to
-      # each leaf's scale.
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
-                                 err_msg=f'{name} {jax.tree_util.keystr(path)}')
+    # Summation order differs between the paths: float32 noise relative to
+    # each leaf's scale.
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_allclose(
+            a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
+            err_msg=f'{name} {jax.tree_util.keystr(path)}'), g4, g1)
 
 
 def test_projected_scoring_keeps_seen_probabilities_in_gzsi(setup):

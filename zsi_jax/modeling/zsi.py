@@ -503,9 +503,8 @@ def switch_with_gradients(index, branches, diff, rest):
   def run(index, diff, rest):
     return jax.lax.switch(index, branches, diff, rest)
 
-  def fwd(index, diff, rest):
-    out, grads = jax.lax.switch(index, [with_grad(b) for b in branches], diff, rest)
-    return out, grads
+  def fwd(index, diff, rest):                   # -> ((loss, aux), gradients as residuals)
+    return jax.lax.switch(index, [with_grad(b) for b in branches], diff, rest)
 
   def bwd(grads, cotangent):
     g = cotangent[0]
