@@ -20,7 +20,7 @@ same number of CPU threads. Measured after compilation / warm-up:
          device; zsi_jax twice: with the host-side ``paste_masks`` that
          evaluation and the Predictor use, and with ``paste_masks_padded``
          compiled into the detect call, results left on the device as
-         torchvision leaves them);
+         torchvision leaves them); and host pasting alone, timed apart;
   compile: seconds to lower + compile the train step and the detect function
            (zsi_jax), and whether any compilation happened during the timed
            steps (it must not);
@@ -215,11 +215,14 @@ def run_jax(args) -> dict:
     return out
   variables = {'params': state.params, **state.model_state}
   detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
-  def infer():
-    det = jax.device_get(detect(variables, batch['image'], batch['input_hw']))
+  def paste_all(det):
     for i in range(args.batch):
       v = det['valid'][i]
       paste_masks(det['masks'][i][v], det['boxes'][i][v], hw)
+
+  def infer():
+    det = jax.device_get(detect(variables, batch['image'], batch['input_hw']))
+    paste_all(det)
     return det
 
   n_events = len(events)
@@ -237,11 +240,21 @@ def run_jax(args) -> dict:
       detect_paste(variables, batch['image'], batch['input_hw']))
   infer_device()
   n_before = backend_compiles()
+  if args.profile:
+    # One detect call under the profiler too, in its own folder.
+    prof = os.path.join(args.profile, 'detect')
+    with jax.profiler.trace(prof, create_perfetto_trace=True):
+      jax.block_until_ready(detect(variables, batch['image'], batch['input_hw']))
+    with open(os.path.join(prof, 'detect.hlo.txt'), 'w') as f:
+      f.write(detect.lower(variables, batch['image'], batch['input_hw']).compile().as_text())
   out['infer_batch_s'] = median_seconds(infer, args.steps)
   out['infer_img_per_s'] = args.batch / out['infer_batch_s']
   # The same without mask pasting: the model's share of inference.
   out['infer_model_s'] = median_seconds(
       lambda: jax.device_get(detect(variables, batch['image'], batch['input_hw'])), args.steps)
+  # Host pasting alone, on the detections of the first call (its share of
+  # inference; a difference of the two medians above would carry their noise).
+  out['infer_host_paste_s'] = median_seconds(lambda: paste_all(det), args.steps)
   out['infer_device_paste_batch_s'] = median_seconds(infer_device, args.steps)
   out['infer_device_paste_img_per_s'] = args.batch / out['infer_device_paste_batch_s']
   out['recompiles_during_steps'] += backend_compiles() - n_before
@@ -358,6 +371,7 @@ def report(results, args) -> str:
           ('infer img/s', 'infer_img_per_s', '{:.2f}'),
           ('infer img/s, device paste', 'infer_device_paste_img_per_s', '{:.2f}'),
           ('infer batch, model only (s)', 'infer_model_s', '{:.3f}'),
+          ('infer batch, host paste only (s)', 'infer_host_paste_s', '{:.3f}'),
           ('peak memory (MiB)', 'peak_mem_mib', '{:.0f}'),
           ('positive RoIs / image', 'positive_rois_per_image', '{:.0f}'),
           ('mask-head RoIs / image', 'mask_head_rois_per_image', '{:.0f}'),
@@ -406,7 +420,7 @@ def main():
   p.add_argument('--train_only', action='store_true',
                  help='zsi_jax: time the train step only (no inference), for quick A/B runs')
   p.add_argument('--profile', default='',
-                 help='zsi_jax side: write a jax.profiler trace of one train step here '
+                 help='zsi_jax side: write a jax.profiler trace of one train step here (and of one detect call in DIR/detect) '
                       '(summarise with benchmarks/top_ops.py)')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='zsi_jax: override a config field, e.g. '

@@ -1,9 +1,10 @@
-"""Summarises a jax.profiler trace of one train step: where the time goes.
+"""Summarises a jax.profiler trace of one train step or detect call: where the time goes.
 
 python benchmarks/top_ops.py DIR [--top 25]
 
-DIR is the --profile directory of benchmarks/bench_step.py: the trace
-(plugins/profile/*/*.trace.json.gz) and train_step.hlo.txt, whose metadata
+DIR is the --profile directory of benchmarks/bench_step.py (the train step)
+or its DIR/detect (one detect call): the trace
+(plugins/profile/*/*.trace.json.gz) and the compiled HLO (*.hlo.txt), whose metadata
 names each XLA op after the JAX operation and Flax module it came from.
 Prints the ops by total time, and the time per model part (the first path
 component under the loss function: backbone, fpn, rpn, box_head, mask_head,
@@ -67,8 +68,8 @@ def main():
   traces = sorted(glob.glob(os.path.join(args.dir, 'plugins', 'profile', '*', '*.trace.json.gz')))
   if not traces:
     raise SystemExit(f'no trace under {args.dir}/plugins/profile')
-  hlo_path = os.path.join(args.dir, 'train_step.hlo.txt')
-  names = op_names(open(hlo_path).read()) if os.path.exists(hlo_path) else {}
+  hlo_paths = glob.glob(os.path.join(args.dir, '*.hlo.txt'))
+  names = op_names(open(hlo_paths[0]).read()) if hlo_paths else {}
   events = json.load(gzip.open(traces[-1]))['traceEvents']
   per_op = collections.Counter()
   for e in events:
