@@ -8,7 +8,7 @@ import pytest
 from zsi_jax.modeling import losses
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
-from zsi_jax.modeling.layers import Conv1x1, Conv3x3, Linear
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3, Linear, conv3x3_winograd
 from zsi_jax.modeling.mask_head import (Deconv2x, SemanticMaskHead, mask_logits,
                                         mask_logits_per_roi)
 
@@ -228,9 +228,10 @@ def test_deconv2x_is_the_stride2_transposed_convolution():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize('impl', ['gemm', 'conv', 'mixed'])
+@pytest.mark.parametrize('impl', ['gemm', 'conv', 'mixed', 'winograd'])
 def test_conv3x3_matches_nn_conv(impl):
-  # Both implementations: nn.Conv's parameters, values and gradients.
+  # Every implementation: nn.Conv's parameters, values and gradients (the
+  # Winograd form rounds differently, by about 1e-5 of the output's scale).
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 5, 7)), jnp.float32)
   ref = nn.Conv(4, (3, 3), padding=1)
   v = ref.init(jax.random.PRNGKey(0), x)
@@ -238,12 +239,34 @@ def test_conv3x3_matches_nn_conv(impl):
   ours = Conv3x3(4, impl)
   assert jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == \
       jax.tree_util.tree_map(jnp.shape, v)
-  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-4)
+  scale = 10.0 if impl == 'winograd' else 1.0
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-4 * scale)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 5, 4)), jnp.float32)
   g_ours = jax.grad(lambda v, x: jnp.sum(ours.apply(v, x) * w), argnums=(0, 1))(v, x)
   g_ref = jax.grad(lambda v, x: jnp.sum(ref.apply(v, x) * w), argnums=(0, 1))(v, x)
   for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * scale)
+
+
+@pytest.mark.parametrize('shape', [(2, 13, 21, 8), (3, 4, 8, 5), (1, 1, 1, 3), (2, 14, 14, 64)])
+def test_conv3x3_winograd_matches_float64_taps(shape):
+  """F(4x4, 3x3) against the convolution summed tap by tap in float64: whole,
+  partial and single tiles (sizes not multiples of 4 are padded and cropped),
+  error within 3e-5 of the output's scale, and a bf16 input gives a bf16
+  output computed in float32."""
+  rng = np.random.default_rng(0)
+  n, h, w, c = shape
+  x = rng.normal(size=shape)
+  k = rng.normal(size=(3, 3, c, 6))
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = sum(p[:, i:i + h, j:j + w] @ k[i, j] for i in range(3) for j in range(3))
+  got = np.asarray(jax.jit(conv3x3_winograd)(jnp.asarray(x, jnp.float32),
+                                             jnp.asarray(k, jnp.float32)))
+  assert got.shape == (n, h, w, 6)
+  assert np.abs(got - ref).max() <= 3e-5 * np.abs(ref).max()
+  got16 = conv3x3_winograd(jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.float32))
+  assert got16.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(got16, np.float32) - ref).max() <= 2e-2 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize('impl', ['gemm', 'conv'])

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv1x1
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3)}
@@ -54,6 +54,10 @@ def _conv(features, kernel, stride, dtype, name, conv_impl='auto'):
     # Same parameters as nn.Conv; on the CPU a matmul (layers.Conv1x1).
     return Conv1x1(features, impl=conv_impl, stride=stride, use_bias=False, kernel_init=init,
                    dtype=dtype, name=name)
+  if kernel == 3 and stride == 1:
+    # Same parameters as nn.Conv; on the CPU by Winograd (layers.Conv3x3).
+    return Conv3x3(features, conv_impl, kernel_init=init, dtype=dtype, use_bias=False,
+                   name=name)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=[(pad, pad), (pad, pad)], use_bias=False, dtype=dtype,
@@ -70,9 +74,9 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1', self.conv_impl)(x)
     y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = _conv(self.features, 3, 1, self.dtype, 'conv2', self.conv_impl)(y)
     y = make_norm(self.norm, train, self.dtype, 'bn2')(y)
     if x.shape[-1] != self.features or self.stride != 1:
       x = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv', self.conv_impl)(x)
@@ -93,7 +97,7 @@ class Bottleneck(nn.Module):
     out = self.features * 4
     y = _conv(self.features, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
     y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2', self.conv_impl)(y)
     y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn2')(y))
     y = _conv(out, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
     y = make_norm(self.norm, train, self.dtype, 'bn3')(y)
@@ -113,7 +117,9 @@ class ResNet(nn.Module):
     norm: 'frozen_bn', 'batch_norm' or 'group_norm'.
     frozen_stages: 0 none; 1 stem + stage 1; up to 4.
     dtype: computation dtype (parameters stay float32).
-    conv_impl: how the 1x1 convolutions run (``layers.Conv1x1``).
+    conv_impl: how the 1x1 and the stride-1 3x3 convolutions run
+      (``layers.Conv1x1``, ``layers.Conv3x3``); the stem and the strided 3x3
+      convolutions are ``nn.Conv``.
   """
   depth: int = 50
   width: float = 1.0
