@@ -13,10 +13,11 @@ def model_config() -> ml_collections.ConfigDict:
   """The authors' COCO model (R101-FPN, BA-RPN, both decoders, Sync-bg)."""
   c = ml_collections.ConfigDict()
   c.dtype = 'float32'                 # 'bfloat16': bf16 compute, f32 params and losses
-  # How the 3x3 convolutions of the FPN, RPN and mask head and all 1x1
-  # convolutions run: 'auto' ('mixed' on the CPU: GEMM kernel gradients and
-  # 1x1 matmuls; 'conv' elsewhere), 'conv', 'gemm' or 'mixed'
-  # (modeling/layers.Conv3x3, Conv1x1; the same parameters either way).
+  # How the 3x3 convolutions of the FPN, RPN, mask head and backbone (those
+  # of stride 1) and all 1x1 convolutions run: 'auto' ('winograd' on the CPU:
+  # Winograd F(4x4, 3x3) and 1x1 matmuls; 'conv' elsewhere), 'conv', 'gemm',
+  # 'mixed' or 'winograd' (modeling/layers.Conv3x3, Conv1x1; the same
+  # parameters either way).
   c.conv_impl = 'auto'
   c.backbone = dict(depth=101, width=1.0, norm='frozen_bn', frozen_stages=1)
   c.fpn_channels = 256
