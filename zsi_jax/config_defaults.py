@@ -15,7 +15,8 @@ def model_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'                 # 'bfloat16': bf16 compute, f32 params and losses
   # How the 3x3 convolutions of the FPN, RPN, mask head and backbone (those
   # of stride 1) and all 1x1 convolutions run: 'auto' ('winograd' on the CPU:
-  # Winograd F(4x4, 3x3) and 1x1 matmuls; 'conv' elsewhere), 'conv', 'gemm',
+  # Winograd F(4x4, 3x3) for all but small 3x3 convolutions, which are
+  # 'mixed', and 1x1 matmuls; 'conv' elsewhere), 'conv', 'gemm',
   # 'mixed' or 'winograd' (modeling/layers.Conv3x3, Conv1x1; the same
   # parameters either way).
   c.conv_impl = 'auto'

@@ -8,7 +8,8 @@ import pytest
 from zsi_jax.modeling import losses
 from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
-from zsi_jax.modeling.layers import Conv1x1, Conv3x3, Linear, conv3x3_winograd
+from zsi_jax.modeling.layers import (WINOGRAD_MIN_MACS, Conv1x1, Conv3x3, Linear,
+                                     conv3x3_winograd, resolve_conv_impl)
 from zsi_jax.modeling.mask_head import (Deconv2x, SemanticMaskHead, mask_logits,
                                         mask_logits_per_roi)
 
@@ -267,6 +268,22 @@ def test_conv3x3_winograd_matches_float64_taps(shape):
   got16 = conv3x3_winograd(jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.float32))
   assert got16.dtype == jnp.bfloat16
   assert np.abs(np.asarray(got16, np.float32) - ref).max() <= 2e-2 * np.abs(ref).max()
+
+
+def test_auto_conv_impl_picks_winograd_for_large_convolutions_on_the_cpu():
+  # The suite runs on the CPU (JAX_PLATFORMS=cpu): 'auto' is Winograd from
+  # WINOGRAD_MIN_MACS multiply-adds up (or when the size is not given) and
+  # 'mixed' below; explicit settings pass through; a typo is an error.
+  assert jax.default_backend() == 'cpu'
+  mask_head = 9 * 200 * 14 * 14 * 256 * 256
+  assert mask_head >= WINOGRAD_MIN_MACS
+  assert resolve_conv_impl('auto', mask_head) == 'winograd'
+  assert resolve_conv_impl('auto', 9 * 2 * 16 * 16 * 32 * 32) == 'mixed'
+  assert resolve_conv_impl('auto') == 'winograd'
+  assert resolve_conv_impl('conv', mask_head) == 'conv'
+  assert resolve_conv_impl('mixed') == 'mixed'
+  with pytest.raises(ValueError, match='winogard'):
+    resolve_conv_impl('winogard')
 
 
 @pytest.mark.parametrize('impl', ['gemm', 'conv'])

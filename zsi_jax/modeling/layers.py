@@ -1,6 +1,7 @@
 """Layers shared by the heads."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -12,15 +13,30 @@ import numpy as np
 IMPLS = ('conv', 'gemm', 'mixed', 'winograd')
 
 
-def resolve_conv_impl(impl: str) -> str:
-  """``'conv'``, ``'gemm'`` or ``'mixed'`` for a ``model.conv_impl`` setting.
+# 'auto' on the CPU computes a 3x3 convolution by Winograd from this many
+# direct multiply-adds per call (N*H*W*9*C*O) up. Below it Winograd saves
+# well under a millisecond per call while each such layer adds 0.5-1 s of
+# XLA compilation (forward + backward, measured), which small models such
+# as the test suite's would pay many times over for nothing. Every 3x3
+# convolution of the R50-FPN configuration at 512x512 (batch 1 or more) is
+# above it but the RPN's on P6; 'mixed' does the rest.
+WINOGRAD_MIN_MACS = 10**8
 
-  ``'auto'`` is ``'winograd'`` on the CPU (see ``Conv3x3`` and ``Conv1x1``:
-  3x3 convolutions by Winograd's F(4x4, 3x3), 1x1 as matmuls, the fastest
-  forms there, forward and backward) and ``'conv'`` on GPUs and TPUs.
+
+def resolve_conv_impl(impl: str, macs: int | None = None) -> str:
+  """``'conv'``, ``'gemm'``, ``'mixed'`` or ``'winograd'`` for a ``model.conv_impl`` setting.
+
+  ``'auto'`` is ``'conv'`` on GPUs and TPUs. On the CPU it is
+  ``'winograd'`` (see ``Conv3x3`` and ``Conv1x1``: 3x3 convolutions by
+  Winograd's F(4x4, 3x3), 1x1 as matmuls, the fastest forms there, forward
+  and backward), except for 3x3 convolutions of fewer than
+  ``WINOGRAD_MIN_MACS`` multiply-adds (``macs``, when the caller knows it),
+  which are ``'mixed'``.
   """
   if impl == 'auto':
-    return 'winograd' if jax.default_backend() == 'cpu' else 'conv'
+    if jax.default_backend() != 'cpu':
+      return 'conv'
+    return 'mixed' if macs is not None and macs < WINOGRAD_MIN_MACS else 'winograd'
   if impl not in IMPLS:
     raise ValueError(f"conv_impl must be 'auto' or one of {IMPLS}, got {impl!r}")
   return impl
@@ -124,7 +140,7 @@ def conv3x3_winograd(x, kernel):
   too (the transforms are linear, so JAX differentiates through them). On
   XLA:CPU this is 1.8-2x faster than the convolution's forward + backward
   (mask head [200, 14, 14, 256]: 0.78 vs 1.35-1.44 s; P2 [2, 128, 128, 256]:
-  0.48 vs 0.96 s; benchmarks/bench_step.py and docs/PERFORMANCE.md). Its
+  0.48 vs 0.96 s; ``benchmarks/bench_conv3x3.py``, docs/PERFORMANCE.md). Its
   rounding differs from a direct convolution by about 1e-5 of the output's
   magnitude in float32 (the transforms scale by up to 8); it always computes
   in float32.
@@ -204,7 +220,8 @@ class Conv3x3(_Conv):
   Attributes:
     features: output channels.
     impl: 'conv', 'gemm', 'mixed', 'winograd' or 'auto' ('winograd' on the
-      CPU, 'conv' elsewhere; ``resolve_conv_impl``).
+      CPU, 'mixed' there for small convolutions, 'conv' elsewhere;
+      ``resolve_conv_impl``).
     use_bias: add a bias (zeros at init); without it the parameters are
       those of ``nn.Conv(use_bias=False)`` (the backbone's).
   """
@@ -215,7 +232,7 @@ class Conv3x3(_Conv):
     """[N, H, W, C] -> [N, H, W, features]."""
     c = x.shape[-1]
     x, kernel = self._kernel(x, 3)
-    impl = resolve_conv_impl(self.impl)
+    impl = resolve_conv_impl(self.impl, macs=9 * math.prod(x.shape) * self.features)
     if impl == 'gemm':
       y = im2col3x3(x) @ kernel.reshape(9 * c, self.features)
     elif impl == 'winograd':
@@ -224,7 +241,7 @@ class Conv3x3(_Conv):
       y = conv3x3_mixed(x, kernel)
     else:
       y = _conv3x3(x, kernel)
-    return y + self._bias() if self.use_bias else y
+    return (y + self._bias()) if self.use_bias else y
 
 
 class Conv1x1(_Conv):
