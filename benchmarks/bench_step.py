@@ -107,6 +107,19 @@ def median_seconds(fn, steps: int, warmup: bool = False) -> float:
   return float(np.median(times))
 
 
+def profile_call(folder: str, name: str, fn, *args):
+  """One call of the jitted ``fn`` under jax.profiler, traced into ``folder``,
+  and its compiled HLO as ``folder/{name}.hlo.txt`` (whose metadata names
+  each XLA op, for benchmarks/top_ops.py). Returns the call's result."""
+  import jax
+  hlo = fn.lower(*args).compile().as_text()     # before the call, which may donate args
+  with jax.profiler.trace(folder, create_perfetto_trace=True):
+    out = jax.block_until_ready(fn(*args))
+  with open(os.path.join(folder, f'{name}.hlo.txt'), 'w') as f:
+    f.write(hlo)
+  return out
+
+
 def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -202,12 +215,7 @@ def run_jax(args) -> dict:
   sizes = mask_roi_buckets(c.model.mask_head.max_rois_per_image, c.model.mask_head.roi_buckets)
   out['mask_head_rois_per_image'] = [sizes[i] for i in buckets]
   if args.profile:
-    # One more step under the profiler, and the compiled HLO to name its ops.
-    with jax.profiler.trace(args.profile, create_perfetto_trace=True):
-      state, m = step(state, batch, cv_d, cm_d)
-      jax.block_until_ready(m)
-    with open(os.path.join(args.profile, 'train_step.hlo.txt'), 'w') as f:
-      f.write(step.lower(state, batch, cv_d, cm_d).compile().as_text())
+    state, m = profile_call(args.profile, 'train_step', step, state, batch, cv_d, cm_d)
 
   if args.train_only:
     out['peak_mem_mib'] = peak_rss_mib()
@@ -239,14 +247,11 @@ def run_jax(args) -> dict:
   infer_device = lambda: jax.block_until_ready(
       detect_paste(variables, batch['image'], batch['input_hw']))
   infer_device()
-  n_before = backend_compiles()
   if args.profile:
-    # One detect call under the profiler too, in its own folder.
-    prof = os.path.join(args.profile, 'detect')
-    with jax.profiler.trace(prof, create_perfetto_trace=True):
-      jax.block_until_ready(detect(variables, batch['image'], batch['input_hw']))
-    with open(os.path.join(prof, 'detect.hlo.txt'), 'w') as f:
-      f.write(detect.lower(variables, batch['image'], batch['input_hw']).compile().as_text())
+    # Before counting compilations: writing the HLO compiles detect again.
+    profile_call(os.path.join(args.profile, 'detect'), 'detect', detect,
+                 variables, batch['image'], batch['input_hw'])
+  n_before = backend_compiles()
   out['infer_batch_s'] = median_seconds(infer, args.steps)
   out['infer_img_per_s'] = args.batch / out['infer_batch_s']
   # The same without mask pasting: the model's share of inference.
