@@ -8,8 +8,9 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from zsi_jax import config_check
 from zsi_jax.data import datasets
-from zsi_jax.training import config_check, loop
+from zsi_jax.training import loop
 
 config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
 flags.DEFINE_string('workdir', None, 'where checkpoints and logs go')
@@ -31,14 +32,19 @@ def main(_):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.getLogger().setLevel(logging.INFO)
-  config = FLAGS.config
+  run(FLAGS.config, FLAGS.workdir)
+
+
+def run(config, workdir, hooks=()):
+  """Trains ``config`` in ``workdir`` (or resumes it); ``hooks``: see ``loop.train``."""
   # Config mistakes fail here, before any data is read or anything compiled.
   config_check.validate(config)
   info = datasets.load_dataset(config.data.root, config.data.vectors)
   loader, data = loop.training_data(config, info)
-  loop.train(config, FLAGS.workdir, data, loader.train_iterator, loader.steps_per_epoch,
-             total_steps=config.get('total_steps') or None,
-             eval_fn=make_eval_fn(config, info) if config.get('eval_every') else None)
+  return loop.train(config, workdir, data, loader.train_iterator, loader.steps_per_epoch,
+                    total_steps=config.total_steps or None,
+                    eval_fn=make_eval_fn(config, info) if config.eval_every else None,
+                    hooks=hooks)
 
 
 def make_eval_fn(config, info):
@@ -61,7 +67,7 @@ def make_eval_fn(config, info):
       return {}
     variables = {'params': state.params, **state.model_state}
     m = runner.evaluate_variables(config, variables, info, 'seen', step,
-                                  max_images=config.get('eval_images', 0),
+                                  max_images=config.eval_images,
                                   log=lambda *_: None, progress=False)
     return {f'eval/seen_{kind}_{key}': float(m[kind][key]) for kind in ('box', 'mask')
             for key in ('recall@100_iou0.5', 'map@0.5')}

@@ -1,8 +1,10 @@
-"""Default model settings (REFERENCE.md), shared by the experiment configs.
+"""Every default setting, in one place.
 
-Experiment files in configs/ start from :func:`model_config` and override what
-differs; nothing here depends on the dataset's class count (that comes from the
-class-vector file).
+``base_config()`` is the whole experiment config with the authors' COCO model
+(docs/REFERENCE_NOTES.md); the files in configs/ start from it and override
+what differs. ``config_check.validate`` accepts exactly its keys, and a config
+saved with an older checkpoint is completed from it when read back. Nothing
+here depends on the dataset's class count (that comes from the vector file).
 """
 from __future__ import annotations
 
@@ -13,12 +15,10 @@ def model_config() -> ml_collections.ConfigDict:
   """The authors' COCO model (R101-FPN, BA-RPN, both decoders, Sync-bg)."""
   c = ml_collections.ConfigDict()
   c.dtype = 'float32'                 # 'bfloat16': bf16 compute, f32 params and losses
-  # How the 3x3 convolutions of the FPN, RPN, mask head and backbone (those
-  # of stride 1) and all 1x1 convolutions run: 'auto' ('winograd' on the CPU:
-  # Winograd F(4x4, 3x3) for all but small 3x3 convolutions, which are
-  # 'mixed', and 1x1 matmuls; 'conv' elsewhere), 'conv', 'gemm',
-  # 'mixed' or 'winograd' (modeling/layers.Conv3x3, Conv1x1; the same
-  # parameters either way).
+  # How convolutions are computed; the same parameters and function either
+  # way (modeling/build.py): 'auto' picks per backend and per training or
+  # inference, 'conv' is XLA's convolution everywhere, 'winograd' forces
+  # the CPU's Winograd F(4x4, 3x3) form.
   c.conv_impl = 'auto'
   c.backbone = dict(depth=101, width=1.0, norm='frozen_bn', frozen_stages=1)
   c.fpn_channels = 256
@@ -37,17 +37,51 @@ def model_config() -> ml_collections.ConfigDict:
   c.box_head = dict(fc_dim=1024, use_decoder=True, regression='class_agnostic',
                     vocabulary_size=0, smooth_l1_beta=1.0, recon_weight=0.5)
   c.mask_head = dict(num_convs=4, channels=256, encoder='1x1', use_decoder=True, roi_size=14,
-                     mask_size=28, recon_weight=0.5, max_rois_per_image=128,
-                     # > 1: run on the smallest of this many slot buckets (cap, cap/2, ...)
-                     # that holds the batch's positives; see modeling/zsi.mask_roi_buckets.
-                     roi_buckets=4,
-                     # With buckets, compute the mask loss's gradients inside the taken
-                     # bucket (ZSIModel._fused_mask_loss): no second forward pass; the
-                     # mask terms are then differentiable only through 'total'.
-                     fused_backward=True)
+                     recon_weight=0.5, max_rois_per_image=128,
+                     # > 1: the loss runs on the smallest of this many slot buckets
+                     # (cap, cap/2, ...) that holds the batch's positives
+                     # (modeling/buckets.py); the same loss, less work.
+                     roi_buckets=4)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)
   c.test = dict(score_threshold=0.05, nms_threshold=0.5, max_detections=100, pre_nms_topk=1000,
                 mask_threshold=0.5, scoring='direct')
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The whole experiment config: data, model, optimiser, schedule, logging."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = dict(
+      root='',                             # a dataset root written by data_prep/
+      vectors='class_vectors.txt',         # class-vector file inside it (authors' format)
+      image_size=(1344, 1344),             # the padded canvas [H, W] of every batch
+      scale=(800, 1333),                   # keep-ratio resize limits (short, long)
+      max_instances=100,                   # per image; more are counted and reported
+      mask_gt_size=56,                     # ground-truth masks cropped to their box at M x M
+      batch_size=8,                        # global, over all devices and processes
+      num_workers=2,                       # decoding threads
+      max_classes=0,                       # rows of the padded class matrix; 0: the split's
+  )
+  c.model = model_config()
+  # torchvision ImageNet ResNet weights (.pth, or .npz/.safetensors without
+  # torch), e.g. resnet101-63fe2227.pth; '' trains the backbone from scratch.
+  c.init = dict(backbone='')
+  c.optim = dict(
+      learning_rate=0.01, momentum=0.9, weight_decay=1e-4, clip_norm=35.0,
+      warmup_steps=500, warmup_ratio=1.0 / 3, decay_epochs=(8, 11), decay_factor=0.1,
+      # > 0: learning_rate is that of this global batch and scales linearly
+      # with data.batch_size.
+      reference_batch=0,
+      # > 0: both reconstruction weights ramp in linearly over this many steps.
+      recon_warmup_steps=0)
+  c.num_epochs = 12
+  c.total_steps = 0                        # > 0 overrides num_epochs (schedule stretched)
+  c.log_every = 50
+  c.checkpoint_every = 2000
+  c.keep_checkpoints = 3
+  c.eval_every = 0                         # > 0: seen-class eval on the 'val' split every N steps
+  c.eval_images = 500                      # ... on its first N images (0: all)
   return c

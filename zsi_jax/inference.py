@@ -21,14 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax.data import datasets
 from zsi_jax.data import word_vectors as wv_lib
 from zsi_jax.data.input_pipeline import prepare_image
 from zsi_jax.evaluation.results import to_original_boxes
+from zsi_jax.modeling.build import build_model
+from zsi_jax.modeling.class_space import pad_class_vectors
 from zsi_jax.modeling.zsi import ZSIModel
 from zsi_jax.ops.postprocess import paste_masks
-from zsi_jax.training import checkpoint as ckpt_lib
-from zsi_jax.training.loop import build_model, pad_class_vectors
 
 ImageLike = Union[str, np.ndarray, Image.Image]
 
@@ -73,9 +74,8 @@ class Predictor:
     self.word_vectors = word_vectors or info.word_vectors
     self._kv = None
     self.dim = int(info.vectors.shape[1])
-    self.max_classes = int(max_classes or max(config.data.get('max_classes', 0) or 0,
-                                              len(info.names)))
-    self.model = build_model(config, info.background, len(info.seen))
+    self.max_classes = int(max_classes or info.class_rows(config.data.max_classes))
+    self.model = build_model(config.model, info.background, len(info.seen), training=False)
     self._seen = pad_class_vectors(info.vectors_of(info.seen), max(self.max_classes,
                                                                     len(info.seen)))
     self._detect = {}
@@ -93,7 +93,6 @@ class Predictor:
       vectors: class-vector file name inside the dataset (default: the config's).
       **kwargs: ``word_vectors``, ``max_classes`` (see ``__init__``).
     """
-    from zsi_jax.evaluation.runner import restore_variables  # orbax restore
     config = ckpt_lib.load_config(workdir)
     root = data_root or config.data.root
     try:
@@ -101,7 +100,7 @@ class Predictor:
     except FileNotFoundError as e:
       raise FileNotFoundError(f'{e}. The predictor needs the dataset the model was trained on '
                               f'(class names and vectors); pass data_root=') from None
-    variables, step = restore_variables(workdir, step)
+    variables, step = ckpt_lib.restore_variables(workdir, step)
     return cls(config, variables, info, step, **kwargs)
 
   # ------------------------------------------------------------ class vectors

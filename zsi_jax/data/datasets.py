@@ -36,6 +36,11 @@ class DatasetInfo:
   def cat_ids(self, names):
     return [self.category_ids[n] for n in names]
 
+  def class_rows(self, max_classes: int = 0) -> int:
+    """Rows of the padded class matrix for any list of this dataset's classes:
+    ``max_classes`` (the config's ``data.max_classes``) or all its classes."""
+    return max(max_classes or 0, len(self.names))
+
   def vectors_of(self, names):
     idx = [self.names.index(n) for n in names]
     return self.vectors[idx]

@@ -1,6 +1,6 @@
 """Runs a trained model over a test split and scores it with the ZSI/GZSI protocol.
 
-Settings (REFERENCE.md): 'zsi' scores the unseen classes on images that hold
+Settings (docs/REFERENCE_NOTES.md): 'zsi' scores the unseen classes on images that hold
 unseen objects (unseen annotations only); 'gzsi' scores seen + unseen classes
 together on the same images (all annotations); 'seen' scores the seen classes
 on the held-out ``val`` split.
@@ -13,31 +13,19 @@ import time
 from typing import Dict, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax.data import datasets
 from zsi_jax.data.input_pipeline import Loader, load_coco
 from zsi_jax.evaluation import protocol
 from zsi_jax.evaluation.results import image_results
+from zsi_jax.modeling.build import build_model
+from zsi_jax.modeling.class_space import pad_class_vectors
 from zsi_jax.modeling.zsi import ZSIModel
-from zsi_jax.training import checkpoint as ckpt_lib
-from zsi_jax.training.loop import build_model, pad_class_vectors
 
 SETTINGS = {'zsi': 'test_zsi', 'gzsi': 'test_gzsi', 'seen': 'val'}
-
-
-def restore_variables(workdir: str, step: Optional[int] = None):
-  """Model variables (params + other collections) of a checkpoint, without the optimiser."""
-  mngr = ocp.CheckpointManager(ckpt_lib.checkpoint_dir(workdir))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {ckpt_lib.checkpoint_dir(workdir)}')
-  state = mngr.restore(step, args=ocp.args.StandardRestore())
-  return {'params': state['params'], **state['model_state']}, step
 
 
 def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
@@ -48,7 +36,7 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
     raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
   config = ckpt_lib.load_config(workdir)
   info = datasets.load_dataset(data_root or config.data.root, vectors or config.data.vectors)
-  variables, step = restore_variables(workdir, step)
+  variables, step = ckpt_lib.restore_variables(workdir, step)
   return evaluate_variables(config, variables, info, setting, step, scoring,
                             os.path.join(workdir, 'eval'), log=log)
 
@@ -57,7 +45,7 @@ def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: s
                        scoring: Optional[str] = None, out_dir: Optional[str] = None,
                        max_images: int = 0, log=print, progress: bool = True
                        ) -> Dict[str, object]:
-  """Runs the model over a test split and scores it (the protocol of REFERENCE.md).
+  """Runs the model over a test split and scores it (evaluation/protocol.py).
 
   Args:
     config: experiment config; variables: model variables.
@@ -74,8 +62,8 @@ def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: s
     raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
   scoring = scoring or config.model.test.scoring
   targets = {'zsi': info.unseen, 'gzsi': info.seen + info.unseen, 'seen': info.seen}[setting]
-  model = build_model(config, info.background, len(info.seen))
-  k_max = max(config.data.get('max_classes', 0) or 0, len(info.names))
+  model = build_model(config.model, info.background, len(info.seen), training=False)
+  k_max = info.class_rows(config.data.max_classes)
   cv, cm = pad_class_vectors(info.vectors_of(targets), k_max)
   sv, sm = pad_class_vectors(info.vectors_of(info.seen), k_max)
   cat_ids = info.cat_ids(targets)

@@ -1,15 +1,34 @@
-"""Zero-shot detector: the semantic box head (paper Sec. 3.2.1, Fig. 3).
+"""Zero-shot detector: the semantic box head (paper Sec. 3.2.1, Fig. 3), its
+RoI targets, losses and box inference.
 
-RoI feature -> 2 x FC1024 = ``x`` -> ``T_e`` -> semantic vector ``s`` [D];
-class logits are ``s . [v_b; W]^T`` against fixed word vectors. The decoder
-``T_d`` maps ``s`` back to ``x`` for the reconstruction loss (training only).
+RoI feature -> 2 x FC = ``x`` -> ``T_e`` -> semantic vector ``s`` [D]; class
+logits are ``s . [v_b; W]^T`` against fixed word vectors. The decoder ``T_d``
+maps ``s`` back to ``x`` for the reconstruction loss (training only).
 """
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Any, Dict, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from zsi_jax.modeling import losses as L
+from zsi_jax.modeling.class_space import ClassSpace
+from zsi_jax.modeling.poolers import pool_rois
+from zsi_jax.ops import postprocess
+from zsi_jax.ops import targets
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxTestConfig:
+  """Box post-processing: score threshold, per-class NMS, detections kept,
+  candidates before NMS."""
+  score_threshold: float
+  nms_threshold: float
+  max_detections: int
+  pre_nms_topk: int
 
 
 class SemanticBoxHead(nn.Module):
@@ -19,22 +38,34 @@ class SemanticBoxHead(nn.Module):
     semantic_dim: word-vector dimension D.
     fc_dim: width of the two shared FC layers.
     use_decoder: build ``T_d`` (Table 1, "Det Decoder").
-    num_reg_classes: 0 for class-agnostic box regression; otherwise the number of
-      training classes, each with its own regressor (unseen classes then use
-      the class-agnostic path, which is trained alongside).
-    vocabulary_size: V > 0 to route ``T_e`` through a fixed vocabulary matrix
-      (the reference's COCO setting); the matrix is an argument of ``__call__``.
+    num_reg_classes: 0 for class-agnostic box regression; otherwise the number
+      of training classes, each with its own regressor (trained alongside the
+      class-agnostic one, which every class uses at test time).
+    vocabulary_size: V > 0 routes ``T_e`` through a fixed vocabulary matrix
+      (the authors' COCO setting); the matrix is an argument.
+    roi_size: RoIAlign output size (7).
+    sampling_ratio: RoIAlign taps per bin and axis.
+    sampling: RoI sampling of training.
+    smooth_l1_beta: transition of the box loss.
+    recon_weight: weight of the reconstruction loss.
+    test: post-processing settings.
     dtype: computation dtype.
   """
   semantic_dim: int
-  fc_dim: int = 1024
-  use_decoder: bool = True
-  num_reg_classes: int = 0
-  vocabulary_size: int = 0
-  dtype: jnp.dtype = jnp.float32
+  fc_dim: int
+  use_decoder: bool
+  num_reg_classes: int
+  vocabulary_size: int
+  roi_size: int
+  sampling_ratio: int
+  sampling: targets.RoiSamplingConfig
+  smooth_l1_beta: float
+  recon_weight: float
+  test: BoxTestConfig
+  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, roi_features, vocabulary: Optional[jnp.ndarray] = None):
+  def __call__(self, roi_features, vocabulary: Optional[jnp.ndarray] = None) -> Dict[str, Any]:
     """Runs the head on pooled RoI features.
 
     Args:
@@ -79,3 +110,88 @@ class SemanticBoxHead(nn.Module):
                 reconstruction=reconstruction,
                 deltas_agnostic=deltas_agnostic.astype(jnp.float32),
                 deltas_specific=deltas_specific)
+
+  def pool(self, features, rois):
+    """RoIAlign of ``rois`` [B, R, 4] from P2..P5 -> [B, R, 7, 7, C]."""
+    return pool_rois(features, rois, self.roi_size, self.sampling_ratio)
+
+  # ---------------------------------------------------------------- training
+  def sample_rois(self, proposals, proposal_valid, batch, key) -> Dict[str, jnp.ndarray]:
+    """Training RoIs: proposals plus ground truth, matched and sampled per image.
+
+    Returns ``ops.targets.sample_rois``' dict with a batch axis: ``rois``
+    [B, S, 4], ``labels`` [B, S] (0 background, k+1 class k, -1 empty slot),
+    ``matched_gt``, ``box_targets``, ``valid``.
+    """
+    keys = jax.random.split(key, proposals.shape[0])
+    return jax.vmap(lambda k, p, pv, gb, gl, gv, gc: targets.sample_rois(
+        k, p, pv, gb, gl, gv, gc, self.sampling))(
+            keys, proposals, proposal_valid, batch['gt_boxes'], batch['gt_classes'],
+            batch['gt_valid'], batch['gt_crowd'])
+
+  def losses(self, features, rois: Dict[str, jnp.ndarray], space: ClassSpace,
+             vocabulary=None, recon_scale=1.0) -> Dict[str, jnp.ndarray]:
+    """Cross-entropy over ``[v_b; W]``, smooth-L1 on positives, reconstruction.
+
+    Args:
+      features: P2..P5 [B, H_l, W_l, C].
+      rois: :meth:`sample_rois`' output.
+      space: the seen classes' space.
+      vocabulary: [V, D] or None.
+      recon_scale: multiplier of ``recon_weight`` (the train step's ramp).
+    Returns:
+      dict(det_cls, det_box, det_recon), each averaged over the sampled RoIs.
+    """
+    head = self(self.pool(features, rois['rois']), vocabulary=vocabulary)
+    labels, valid = rois['labels'], rois['valid']
+    count = jnp.sum(valid)
+    det_cls = L.safe_divide(L.softmax_cross_entropy(space.logits(head['semantic']), labels, valid),
+                            count)
+    pos = valid & (labels > 0)
+    det_box = L.safe_divide(L.weighted_smooth_l1(self._training_deltas(head, labels - 1),
+                                                 rois['box_targets'], pos, self.smooth_l1_beta),
+                            count)
+    det_recon = (L.reconstruction_mse(head['features'].reshape(-1, self.fc_dim),
+                                      head['reconstruction'].reshape(-1, self.fc_dim),
+                                      valid.reshape(-1))
+                 if head['reconstruction'] is not None else jnp.zeros(()))
+    return dict(det_cls=det_cls, det_box=det_box,
+                det_recon=self.recon_weight * recon_scale * det_recon)
+
+  def _training_deltas(self, head, class_index):
+    """Each RoI's deltas: its class's regressor where class-specific, else the shared one.
+
+    class_index: [B, R] in 0..K-1 (or -1) -> [B, R, 4].
+    """
+    if head['deltas_specific'] is None:
+      return head['deltas_agnostic']
+    spec = head['deltas_specific']
+    idx = jnp.clip(class_index, 0, spec.shape[-2] - 1)
+    return jnp.take_along_axis(spec, idx[..., None, None], axis=-2)[..., 0, :]
+
+  # ---------------------------------------------------------------- inference
+  def inference(self, features, proposals, proposal_valid, input_hw, space: ClassSpace,
+                scoring: str, vocabulary=None) -> Dict[str, jnp.ndarray]:
+    """Scored, regressed, per-class NMS-ed detections of every class in ``space``.
+
+    Boxes use the class-agnostic regressor for any class list (unseen classes
+    have no regressor of their own; the authors' code reused seen class j's for
+    unseen class j by index).
+
+    Args:
+      features: P2..P5; proposals [B, P, 4], proposal_valid [B, P]; input_hw [B, 2].
+      space: the target classes (and the seen ones for ``scoring='projected'``).
+      scoring: 'direct' or 'projected' (``ClassSpace.scores``).
+      vocabulary: [V, D] or None.
+    Returns:
+      dict of ``boxes`` [B, N, 4], ``scores`` [B, N], ``classes`` [B, N] (index
+      into the class list, -1 empty), ``roi_index``, ``valid`` [B, N];
+      N = test.max_detections.
+    """
+    head = self(self.pool(features, proposals), vocabulary=vocabulary)
+    scores = space.scores(head['semantic'], scoring)
+    t = self.test
+    return jax.vmap(lambda r, rv, sc, dl, hw: postprocess.postprocess_detections(
+        r, rv, sc, dl, hw, score_threshold=t.score_threshold, nms_threshold=t.nms_threshold,
+        max_detections=t.max_detections, pre_nms_topk=t.pre_nms_topk))(
+            proposals, proposal_valid, scores, head['deltas_agnostic'], input_hw)

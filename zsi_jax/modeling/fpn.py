@@ -1,8 +1,8 @@
 """Feature Pyramid Network: C2..C5 -> P2..P6 (strides 4..64).
 
 Lateral 1x1 convs, top-down nearest-neighbour x2 upsampling and addition,
-3x3 output convs; P6 is P5 subsampled by 2 (max-pool with kernel 1, stride 2,
-as torchvision's LastLevelMaxPool and REFERENCE.md).
+3x3 output convs; P6 is P5 subsampled by 2 (a max-pool with kernel 1 and
+stride 2, as torchvision's LastLevelMaxPool and the authors' code).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv1x1, Conv3x3
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3, ModuleDef
 
 
 def upsample_to(x, hw):
@@ -25,22 +25,23 @@ class FPN(nn.Module):
 
   Attributes:
     channels: output width of every level.
-    conv_impl: how the convolutions run (``layers.Conv1x1``, ``layers.Conv3x3``).
+    conv1x1, conv3x3: the lateral and output convolution layers.
     dtype: computation dtype.
   """
-  channels: int = 256
-  conv_impl: str = 'auto'
+  channels: int
+  conv1x1: ModuleDef = Conv1x1
+  conv3x3: ModuleDef = Conv3x3
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: Sequence[jnp.ndarray]):
     """features: (C2, C3, C4, C5) -> (P2, P3, P4, P5, P6), each [B, H_l, W_l, channels]."""
     init = nn.initializers.xavier_uniform()
-    laterals = [Conv1x1(self.channels, impl=self.conv_impl, kernel_init=init, dtype=self.dtype,
-                        name=f'lateral{i + 2}')(c) for i, c in enumerate(features)]
+    laterals = [self.conv1x1(self.channels, kernel_init=init, dtype=self.dtype,
+                             name=f'lateral{i + 2}')(c) for i, c in enumerate(features)]
     for i in range(len(laterals) - 1, 0, -1):
       laterals[i - 1] = laterals[i - 1] + upsample_to(laterals[i], laterals[i - 1].shape[1:3])
-    outs = [Conv3x3(self.channels, self.conv_impl, kernel_init=init, dtype=self.dtype,
-                    name=f'output{i + 2}')(x) for i, x in enumerate(laterals)]
+    outs = [self.conv3x3(self.channels, kernel_init=init, dtype=self.dtype,
+                         name=f'output{i + 2}')(x) for i, x in enumerate(laterals)]
     outs.append(outs[-1][:, ::2, ::2])
     return tuple(outs)

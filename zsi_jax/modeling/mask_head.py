@@ -1,49 +1,32 @@
-"""Semantic Mask Head (paper Sec. 3.2.2, Fig. 4).
+"""Semantic Mask Head (paper Sec. 3.2.2, Fig. 4), its mask targets, loss and mask inference.
 
-RoI feature 14x14 -> 4 x conv3x3 -> deconv x2 -> 28x28 visual map ``O`` ->
+RoI feature 14x14 -> convs 3x3 -> deconv x2 -> 28x28 visual map ``O`` ->
 encoder ``E`` -> D-channel semantic map; per-pixel logits are dot products with
 ``[v_b; W]`` (the fixed ``W``-Conv). The decoder ``D`` maps the semantic map
 back to ``O`` for the reconstruction loss (training only).
+
+Training compares each positive RoI with its ground-truth class only (the
+paper's per-class BCE) and inference each detection with its detected class,
+so the head takes one word vector per RoI; with the paper's 1x1 encoder that
+vector folds into the encoder and the [N, 28, 28, D] map is never built.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Dict, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv3x3, Linear
+from zsi_jax.modeling import buckets
+from zsi_jax.modeling import losses as L
+from zsi_jax.modeling.class_space import ClassSpace
+from zsi_jax.modeling.layers import Conv3x3, Deconv2x, Linear, ModuleDef
+from zsi_jax.modeling.poolers import pool_rois
+from zsi_jax.ops import targets
 
-
-class Deconv2x(nn.Module):
-  """2x2 transposed convolution with stride 2 (the mask head's upsampling).
-
-  The same function and parameters (``kernel`` [2, 2, C, O], ``bias`` [O]) as
-  ``nn.ConvTranspose(O, (2, 2), strides=(2, 2))``, written as one matmul and a
-  depth-to-space reshape: the 2x2 windows do not overlap, so each input pixel
-  writes its own 2x2 output patch. XLA's CPU backend computes the kernel
-  gradient of the convolution form as a generic dilated convolution, which
-  took 26 s of a 38 s R50 training step at 256x256 (docs/PERFORMANCE.md);
-  as a matmul it is a GEMM like the rest.
-
-  Attributes:
-    features: output channels O.
-  """
-  features: int
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    """[N, H, W, C] -> [N, 2H, 2W, O]."""
-    n, h, w, c = x.shape
-    kernel = self.param('kernel', self.kernel_init, (2, 2, c, self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    # nn.ConvTranspose (transpose_kernel=False) correlates the stride-dilated
-    # input with the kernel, so output offset (a, b) of a patch uses kernel[1-a, 1-b].
-    y = jnp.einsum('nhwc,abco->nhawbo', x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype))
-    y = y.reshape(n, 2 * h, 2 * w, self.features)
-    return y + bias.astype(self.dtype)
+ENCODERS = ('1x1', 'conv3x3')
 
 
 class SemanticMaskHead(nn.Module):
@@ -51,43 +34,53 @@ class SemanticMaskHead(nn.Module):
 
   Attributes:
     semantic_dim: word-vector dimension D.
-    num_convs: conv3x3 layers before the deconvolution (all of them applied; the
-      reference code applied only the last, see REFERENCE.md).
+    num_convs: conv3x3 layers before the deconvolution (all applied; the
+      authors' code applied only the last).
     channels: their width.
-    encoder: '1x1' (the paper: one 1x1 conv) or 'conv3x3' (the reference code:
+    encoder: '1x1' (the paper: one 1x1 conv) or 'conv3x3' (the authors' code:
       conv3x3 + ReLU + conv3x3).
     use_decoder: build ``D`` (Table 1, "SMH Decoder").
-    conv_impl: how the 3x3 convolutions run (see ``layers.Conv3x3``).
+    roi_size: RoIAlign output size (14); the masks are twice that.
+    sampling_ratio: RoIAlign taps per bin and axis.
+    recon_weight: weight of the reconstruction loss.
+    slot_buckets: positive-RoI slots per image the training loss may run at
+      (``buckets.slot_buckets``); the largest is the cap.
+    conv3x3: the 3x3 convolution layer.
     dtype: computation dtype.
   """
   semantic_dim: int
-  num_convs: int = 4
-  channels: int = 256
-  encoder: str = '1x1'
-  use_decoder: bool = True
-  conv_impl: str = 'auto'
-  dtype: jnp.dtype = jnp.float32
+  num_convs: int
+  channels: int
+  encoder: str
+  use_decoder: bool
+  roi_size: int
+  sampling_ratio: int
+  recon_weight: float
+  slot_buckets: Tuple[int, ...]
+  conv3x3: ModuleDef = Conv3x3
+  dtype: Any = jnp.float32
+
+  @property
+  def mask_size(self) -> int:
+    return 2 * self.roi_size
 
   def _coder(self, x, out_dim, name):
     """Encoder ``E`` or decoder ``D``: [N, m, m, C] -> [N, m, m, out_dim]."""
     if self.encoder == '1x1':
-      # A 1x1 convolution as a Dense over channels: its kernel gradient is then
-      # one GEMM (the convolution form was 4x slower on XLA:CPU). Being linear,
-      # it also folds what follows it (``_folded``).
+      # A 1x1 convolution as a Dense over channels (its kernel gradient is one GEMM).
       return Linear(out_dim, x.shape[-1], dtype=self.dtype, name=name)(x)
     if self.encoder == 'conv3x3':
-      conv = lambda i: Conv3x3(out_dim, self.conv_impl, dtype=self.dtype, name=f'{name}_{i}')
+      conv = lambda i: self.conv3x3(out_dim, dtype=self.dtype, name=f'{name}_{i}')
       return conv(1)(nn.relu(conv(0)(x)))
-    raise ValueError(f"mask head encoder must be '1x1' or 'conv3x3', got {self.encoder!r}")
+    raise ValueError(f'mask head encoder must be one of {ENCODERS}, got {self.encoder!r}')
 
   def _folded(self, x, then, residual):
     """Logits and reconstruction error of the 1x1 coders without the D-channel map.
 
     ``E`` and ``D`` are affine with nothing in between, so the logits are
     ``O . (K_E v) + b_E . v`` and ``D(E(O)) - O = O (K_E K_D - I) + (b_E K_D
-    + b_D)``: one C x C matmul per pixel instead of C -> D -> C (the
-    [N, 28, 28, D] semantic map is never built). The same functions of the
-    same parameters, gradients included.
+    + b_D)``: one C x C matmul per pixel instead of C -> D -> C. The same
+    functions of the same parameters, gradients included.
     x: [N, m, m, C]; then: [N, D, K] -> ([N, m, m, K], [N, m, m, C] float32 or None).
     """
     c = x.shape[-1]
@@ -101,16 +94,13 @@ class SemanticMaskHead(nn.Module):
     return logits, (x @ folded + (b_e @ k_d + b_d).astype(self.dtype)).astype(jnp.float32)
 
   @nn.compact
-  def __call__(self, roi_features, roi_vectors=None, residual: bool = False):
+  def __call__(self, roi_features, roi_vectors=None, residual: bool = False) -> Dict[str, Any]:
     """Runs the head.
 
     Args:
       roi_features: ``[N, 14, 14, C]`` RoIAlign output.
-      roi_vectors: None, or ``[N, K, D]`` word vectors per RoI (training: each
-        RoI's target class; inference: the detected class, and its projected
-        form).
-      residual: with ``roi_vectors``, also return the reconstruction error
-        (training).
+      roi_vectors: None, or ``[N, K, D]`` word vectors per RoI.
+      residual: with ``roi_vectors``, also return the reconstruction error.
     Returns:
       without ``roi_vectors``: dict with ``semantic`` [N, 28, 28, D] float32,
       ``features`` [N, 28, 28, channels] (the reconstruction target) and
@@ -118,59 +108,125 @@ class SemanticMaskHead(nn.Module):
       with ``roi_vectors``: dict with ``logits`` [N, 28, 28, K] float32, the
       per-pixel dot products ``semantic . roi_vectors``, and with
       ``residual=True`` also ``residual`` [N, 28, 28, channels] float32,
-      ``reconstruction - features`` (None without the decoder). For the 1x1
-      encoder both are computed without the D-channel map (``_folded``).
+      ``reconstruction - features`` (None without the decoder).
     """
     x = roi_features.astype(self.dtype)
     init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
     for i in range(self.num_convs):
-      x = nn.relu(Conv3x3(self.channels, self.conv_impl, kernel_init=init, dtype=self.dtype,
-                          name=f'conv{i + 1}')(x))
+      x = nn.relu(self.conv3x3(self.channels, kernel_init=init, dtype=self.dtype,
+                               name=f'conv{i + 1}')(x))
     x = nn.relu(Deconv2x(self.channels, kernel_init=init, dtype=self.dtype, name='deconv')(x))
-    if roi_vectors is not None:
-      then = jnp.swapaxes(roi_vectors, 1, 2).astype(self.dtype)             # [N, D, K]
-      with_residual = residual and self.use_decoder
-      if self.encoder == '1x1':
-        logits, res = self._folded(x, then, with_residual)
-      else:
-        e = self._coder(x, self.semantic_dim, 'E')
-        logits = jnp.einsum('nhwd,ndk->nhwk', e, then)
-        res = (self._coder(e, self.channels, 'D').astype(jnp.float32) - x.astype(jnp.float32)
-               if with_residual else None)
-      out = dict(logits=logits.astype(jnp.float32))
-      if residual:
-        out['residual'] = res
-      return out
-    e = self._coder(x, self.semantic_dim, 'E')
-    reconstruction = None
-    if self.use_decoder:
-      reconstruction = self._coder(e, self.channels, 'D').astype(jnp.float32)
-    return dict(semantic=e.astype(jnp.float32), features=x.astype(jnp.float32),
-                reconstruction=reconstruction)
+    if roi_vectors is None:
+      e = self._coder(x, self.semantic_dim, 'E')
+      reconstruction = None
+      if self.use_decoder:
+        reconstruction = self._coder(e, self.channels, 'D').astype(jnp.float32)
+      return dict(semantic=e.astype(jnp.float32), features=x.astype(jnp.float32),
+                  reconstruction=reconstruction)
+    then = jnp.swapaxes(roi_vectors, 1, 2).astype(self.dtype)               # [N, D, K]
+    with_residual = residual and self.use_decoder
+    if self.encoder == '1x1':
+      logits, res = self._folded(x, then, with_residual)
+    else:
+      e = self._coder(x, self.semantic_dim, 'E')
+      logits = jnp.einsum('nhwd,ndk->nhwk', e, then)
+      res = (self._coder(e, self.channels, 'D').astype(jnp.float32) - x.astype(jnp.float32)
+             if with_residual else None)
+    out = dict(logits=logits.astype(jnp.float32))
+    if residual:
+      out['residual'] = res
+    return out
+
+  def on_boxes(self, features, boxes, vectors=None, residual: bool = False):
+    """Pools ``boxes`` [B, R, 4] from P2..P5 and runs the head on them, against one
+    word vector per box (``vectors`` [B*R, D]) or, without vectors, to the semantic map."""
+    r = self.roi_size
+    pooled = pool_rois(features, boxes, r, self.sampling_ratio)
+    return self(pooled.reshape((-1, r, r, pooled.shape[-1])),
+                None if vectors is None else vectors[:, None, :], residual=residual)
+
+  # ---------------------------------------------------------------- training
+  def losses(self, features, rois: Dict[str, jnp.ndarray], batch, class_matrix,
+             recon_scale=1.0):
+    """Mask BCE on the ground-truth class channel and reconstruction, on the positive RoIs.
+
+    The loss runs in the smallest slot bucket that holds every image's
+    positives, with its gradients computed inside that bucket
+    (``buckets.switch_with_gradients``). So the returned loss carries the
+    gradient of both terms, and the two terms are reported values.
+
+    Args:
+      features: P2..P5 [B, H_l, W_l, C].
+      rois: the box head's sampled RoIs (``rois``, ``labels``, ``valid``,
+        ``matched_gt``).
+      batch: the batch dict (``gt_masks`` [B, G, M, M], ``gt_boxes``).
+      class_matrix: [1+K, D] ``[v_b; W]`` as this head sees it.
+      recon_scale: multiplier of ``recon_weight`` (the train step's ramp).
+    Returns:
+      (loss, dict(mask_bce, mask_recon) weighted values, dict(num_mask_rois,
+      mask_bucket)).
+    """
+    pos = rois['valid'] & (rois['labels'] > 0)
+    bucket = buckets.smallest_bucket(jnp.sum(pos, axis=1), self.slot_buckets)
+    weight = self.recon_weight * recon_scale
+    diff = (list(features[:4]), class_matrix)
+    rest = (rois['rois'], rois['labels'], pos, rois['matched_gt'],
+            batch['gt_masks'].astype(jnp.float32), batch['gt_boxes'],
+            jnp.asarray(weight, jnp.float32))
+    branches = [functools.partial(SemanticMaskHead._loss_in_slots, slots=n)
+                for n in self.slot_buckets]
+    loss, (bce, recon, count) = buckets.switch_with_gradients(self, bucket, branches, diff, rest)
+    return (loss, dict(mask_bce=bce, mask_recon=weight * recon),
+            dict(num_mask_rois=count, mask_bucket=bucket))
+
+  def _loss_in_slots(self, diff, rest, slots: int):
+    """The loss on the first ``slots`` positive RoIs of each image (a bucket's branch).
+
+    Returns (bce + weight * recon, (bce, unweighted recon, number of mask RoIs)).
+    """
+    features, class_matrix = diff
+    rois, labels, pos, matched_gt, gt_masks, gt_boxes, weight = rest
+    index, valid = jax.vmap(lambda p: _first_true(p, slots))(pos)
+    take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)),
+                                         axis=1)
+    m_rois = take(rois)
+    m_labels = jnp.take_along_axis(labels, index, axis=1)
+    m_gt = jnp.take_along_axis(matched_gt, index, axis=1)
+    m_targets = jax.vmap(lambda gm, gb, r, g: targets.mask_targets(
+        gm, gb, r, g, output_size=self.mask_size))(gt_masks, gt_boxes, m_rois, m_gt)
+    vectors = class_matrix[jnp.clip(m_labels, 0, None)].reshape(-1, class_matrix.shape[-1])
+    head = self.on_boxes(features, m_rois, vectors, residual=True)
+    logits = head['logits'][..., 0]
+    valid = valid.reshape(-1)
+    bce = L.safe_divide(
+        L.sigmoid_binary_cross_entropy(logits, m_targets.reshape(logits.shape),
+                                       valid[:, None, None]),
+        jnp.sum(valid) * self.mask_size ** 2)
+    recon = (L.residual_mse(head['residual'], valid)
+             if head['residual'] is not None else jnp.zeros(()))
+    return bce + weight * recon, (bce, recon, jnp.sum(valid))
+
+  # ---------------------------------------------------------------- inference
+  def inference(self, features, detections: Dict[str, jnp.ndarray], space: ClassSpace,
+                scoring: str):
+    """Mask probabilities of each detection for its detected class.
+
+    Args:
+      features: P2..P5.
+      detections: the box head's ``boxes`` [B, N, 4] and ``classes`` [B, N].
+      space: the target classes as this head sees them.
+      scoring: 'direct' or 'projected' (``ClassSpace.mask_vectors``).
+    Returns:
+      [B, N, 28, 28] probabilities.
+    """
+    classes = detections['classes']
+    vectors = space.mask_vectors(classes.reshape(-1), scoring)
+    logits = self.on_boxes(features, detections['boxes'], vectors)['logits'][..., 0]
+    s = self.mask_size
+    return jax.nn.sigmoid(logits).reshape(classes.shape + (s, s))
 
 
-def mask_logits(semantic, class_matrix):
-  """Per-pixel logits against shared word vectors (the fixed ``W``-Conv).
-
-  Args:
-    semantic: ``[N, m, m, D]`` semantic maps.
-    class_matrix: ``[K, D]`` word vectors, e.g. ``[v_b; W]``.
-  Returns:
-    ``[N, m, m, K]`` logits.
-  """
-  return jnp.einsum('nhwd,kd->nhwk', semantic, class_matrix)
-
-
-def mask_logits_per_roi(semantic, roi_vectors):
-  """Per-pixel logits against one word vector per RoI (its target class).
-
-  Training needs only the ground-truth class channel, so this avoids the
-  ``[N, m, m, K]`` tensor.
-
-  Args:
-    semantic: ``[N, m, m, D]`` semantic maps.
-    roi_vectors: ``[N, D]``.
-  Returns:
-    ``[N, m, m]`` logits.
-  """
-  return jnp.einsum('nhwd,nd->nhw', semantic, roi_vectors)
+def _first_true(mask, n):
+  """Indices of the first ``n`` True entries of ``mask`` [R] -> ([n] int32, [n] bool)."""
+  order = jnp.argsort(~mask, stable=True)[:n]
+  return order.astype(jnp.int32), mask[order]

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zsi_jax.modeling.layers import Conv1x1, Conv3x3
+from zsi_jax.modeling.layers import Conv1x1, Conv3x3, ModuleDef
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3)}
@@ -48,62 +48,69 @@ class _GroupNorm(nn.Module):
     return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=self.dtype, name='gn')(x)
 
 
-def _conv(features, kernel, stride, dtype, name, conv_impl='auto'):
-  init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-  if kernel == 1:
-    # Same parameters as nn.Conv; on the CPU a matmul (layers.Conv1x1).
-    return Conv1x1(features, impl=conv_impl, stride=stride, use_bias=False, kernel_init=init,
-                   dtype=dtype, name=name)
-  if kernel == 3 and stride == 1:
-    # Same parameters as nn.Conv; on the CPU by Winograd (layers.Conv3x3).
-    return Conv3x3(features, conv_impl, kernel_init=init, dtype=dtype, use_bias=False,
-                   name=name)
+_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _strided_conv(features, kernel, stride, dtype, name):
+  """The stem and the strided 3x3 convolutions: plain ``nn.Conv``."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=[(pad, pad), (pad, pad)], use_bias=False, dtype=dtype,
-                 kernel_init=init, name=name)
+                 kernel_init=_INIT, name=name)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """Fields shared by the residual blocks; ``conv`` picks a convolution's form."""
   features: int
   stride: int
   norm: str
+  conv1x1: ModuleDef
+  conv3x3: ModuleDef
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
+
+  def conv(self, features, kernel, stride, name):
+    if kernel == 1:
+      return self.conv1x1(features, stride=stride, use_bias=False, kernel_init=_INIT,
+                          dtype=self.dtype, name=name)
+    if stride == 1:
+      return self.conv3x3(features, use_bias=False, kernel_init=_INIT, dtype=self.dtype,
+                          name=name)
+    return _strided_conv(features, kernel, stride, self.dtype, name)
+
+  def norm_layer(self, train, name):
+    return make_norm(self.norm, train, self.dtype, name)
+
+
+class BasicBlock(_Block):
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1', self.conv_impl)(x)
-    y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, 1, self.dtype, 'conv2', self.conv_impl)(y)
-    y = make_norm(self.norm, train, self.dtype, 'bn2')(y)
+    y = self.conv(self.features, 3, self.stride, 'conv1')(x)
+    y = nn.relu(self.norm_layer(train, 'bn1')(y))
+    y = self.conv(self.features, 3, 1, 'conv2')(y)
+    y = self.norm_layer(train, 'bn2')(y)
     if x.shape[-1] != self.features or self.stride != 1:
-      x = _conv(self.features, 1, self.stride, self.dtype, 'downsample_conv', self.conv_impl)(x)
-      x = make_norm(self.norm, train, self.dtype, 'downsample_bn')(x)
+      x = self.conv(self.features, 1, self.stride, 'downsample_conv')(x)
+      x = self.norm_layer(train, 'downsample_bn')(x)
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
-  features: int
-  stride: int
-  norm: str
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
+class Bottleneck(_Block):
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
     out = self.features * 4
-    y = _conv(self.features, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
-    y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2', self.conv_impl)(y)
-    y = nn.relu(make_norm(self.norm, train, self.dtype, 'bn2')(y))
-    y = _conv(out, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
-    y = make_norm(self.norm, train, self.dtype, 'bn3')(y)
+    y = self.conv(self.features, 1, 1, 'conv1')(x)
+    y = nn.relu(self.norm_layer(train, 'bn1')(y))
+    y = self.conv(self.features, 3, self.stride, 'conv2')(y)
+    y = nn.relu(self.norm_layer(train, 'bn2')(y))
+    y = self.conv(out, 1, 1, 'conv3')(y)
+    y = self.norm_layer(train, 'bn3')(y)
     if x.shape[-1] != out or self.stride != 1:
-      x = _conv(out, 1, self.stride, self.dtype, 'downsample_conv', self.conv_impl)(x)
-      x = make_norm(self.norm, train, self.dtype, 'downsample_bn')(x)
+      x = self.conv(out, 1, self.stride, 'downsample_conv')(x)
+      x = self.norm_layer(train, 'downsample_bn')(x)
     return nn.relu(x + y)
 
 
@@ -116,17 +123,18 @@ class ResNet(nn.Module):
       CPU models.
     norm: 'frozen_bn', 'batch_norm' or 'group_norm'.
     frozen_stages: 0 none; 1 stem + stage 1; up to 4.
+    conv1x1, conv3x3: the 1x1 and the stride-1 3x3 convolution layers
+      (``layers.Conv1x1``/``Conv3x3`` with a chosen computation); the stem
+      and the strided 3x3 convolutions are ``nn.Conv``.
     dtype: computation dtype (parameters stay float32).
-    conv_impl: how the 1x1 and the stride-1 3x3 convolutions run
-      (``layers.Conv1x1``, ``layers.Conv3x3``); the stem and the strided 3x3
-      convolutions are ``nn.Conv``.
   """
-  depth: int = 50
-  width: float = 1.0
-  norm: str = 'frozen_bn'
-  frozen_stages: int = 0
+  depth: int
+  width: float
+  norm: str
+  frozen_stages: int
+  conv1x1: ModuleDef = Conv1x1
+  conv3x3: ModuleDef = Conv3x3
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -136,14 +144,14 @@ class ResNet(nn.Module):
     block = BasicBlock if self.depth < 50 else Bottleneck
     base = max(8, int(round(64 * self.width)))
     x = x.astype(self.dtype)
-    x = _conv(base, 7, 2, self.dtype, 'stem_conv')(x)
+    x = _strided_conv(base, 7, 2, self.dtype, 'stem_conv')(x)
     x = nn.relu(make_norm(self.norm, train, self.dtype, 'stem_bn')(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     outs = []
     for stage, n in enumerate(STAGE_BLOCKS[self.depth]):
       for i in range(n):
         stride = 2 if (i == 0 and stage > 0) else 1
-        x = block(base * 2 ** stage, stride, self.norm, self.dtype, self.conv_impl,
+        x = block(base * 2 ** stage, stride, self.norm, self.conv1x1, self.conv3x3, self.dtype,
                   name=f'layer{stage + 1}_{i}')(x, train)
       if stage + 1 <= self.frozen_stages:
         # Frozen: no gradient flows into this stage or anything before it.

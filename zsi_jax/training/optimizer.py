@@ -1,4 +1,4 @@
-"""The optimiser of REFERENCE.md: SGD + momentum, warm-up, step decay, clipping.
+"""The optimiser of the authors' recipe (docs/REFERENCE_NOTES.md): SGD + momentum, warm-up, step decay, clipping.
 
 Frozen parameters (frozen backbone stages) go through ``optax.set_to_zero``
 inside a ``multi_transform``: they get no update and no optimiser state.
@@ -40,7 +40,7 @@ def base_learning_rate(config) -> float:
   ``optim.reference_batch`` is set (the rate is the reference batch's; e.g. COCO:
   0.01 at 8 images, so 16 images on 8 devices train at 0.02)."""
   o = config.optim
-  ref = o.get('reference_batch', 0)
+  ref = o.reference_batch
   return o.learning_rate * (config.data.batch_size / ref if ref else 1.0)
 
 
@@ -59,9 +59,9 @@ def make_optimizer(config, steps_per_epoch: int, trainable: Optional[Any] = None
       base_learning_rate(config), o.warmup_steps, o.warmup_ratio,
       [int(e * steps_per_epoch) for e in o.decay_epochs], o.decay_factor)
   parts = []
-  if o.get('clip_norm'):
+  if o.clip_norm:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
-  if o.get('weight_decay'):
+  if o.weight_decay:
     parts.append(optax.add_decayed_weights(o.weight_decay))
   parts.append(optax.sgd(schedule, momentum=o.momentum or None))
   tx = optax.chain(*parts)

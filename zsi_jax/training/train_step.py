@@ -1,4 +1,4 @@
-"""Train state and the jit-compiled train step.
+"""Train state, the jit-compiled train step, and the setup that builds both from a config.
 
 The step is written for the global batch; sharding is decided by the caller
 (``jax.jit`` with ``in_shardings``/``out_shardings`` over a ('data',) mesh), as
@@ -7,14 +7,21 @@ reported in the metrics, so the host can stop with the last good state.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+import dataclasses
+import logging
+from typing import Any, Callable, Dict, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from zsi_jax.modeling import convert
+from zsi_jax.modeling import resnet as resnet_lib
+from zsi_jax.modeling.build import build_model, init_variables
 from zsi_jax.modeling.zsi import ZSIModel
+from zsi_jax.training.optimizer import make_optimizer
 
 
 @flax.struct.dataclass
@@ -94,3 +101,57 @@ def make_train_step(model: ZSIModel, tx: optax.GradientTransformation, mutable_s
     return new_state, metrics
 
   return step
+
+
+@dataclasses.dataclass
+class Training:
+  """What a training run is made of; ``step`` is not jit-compiled yet.
+
+  ``schedule``: the learning rate as a function of the step.
+  """
+  model: ZSIModel
+  tx: optax.GradientTransformation
+  schedule: Callable[[int], Any]
+  state: TrainState
+  step: Callable[..., Any]
+
+
+def trainable_mask(params, frozen_stages: int) -> Any:
+  """Pytree of bools over the params: False for frozen backbone stages."""
+  mask = jax.tree_util.tree_map(lambda _: True, params)
+  if frozen_stages:
+    mask = dict(mask, backbone=resnet_lib.trainable_mask(params['backbone'], frozen_stages))
+  return mask
+
+
+def build_training(config: ml_collections.ConfigDict, background, num_train_classes: int,
+                   image_size, steps_per_epoch: int, total_steps: int,
+                   vocabulary: Optional[Any] = None) -> Training:
+  """Model, optimiser, initial state and train step of an experiment config.
+
+  Args:
+    config: the experiment config.
+    background: the dataset's background word vector [D].
+    num_train_classes: seen classes.
+    image_size: (H, W) of the padded canvas.
+    steps_per_epoch: optimiser steps per epoch.
+    total_steps: length of the run (with ``config.total_steps`` set, the
+      epoch-based schedule is stretched to it, so the decays still fall at the
+      same fractions of training).
+    vocabulary: [V, D] for a box head with a fixed vocabulary.
+  """
+  model = build_model(config.model, background, num_train_classes, training=True)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = init_variables(model, init_rng, tuple(image_size), vocabulary=vocabulary)
+  if config.init.backbone:
+    # ImageNet weights for a fresh run (a resumed run restores over them).
+    variables = convert.load_backbone_into(variables, config.init.backbone,
+                                           config.model.backbone.depth)
+    logging.info('backbone initialised from %s', config.init.backbone)
+  sched_epoch = total_steps / config.num_epochs if config.total_steps else steps_per_epoch
+  tx, schedule = make_optimizer(config, sched_epoch,
+                                trainable_mask(variables['params'],
+                                               config.model.backbone.frozen_stages))
+  step = make_train_step(model, tx, config.model.backbone.norm == 'batch_norm',
+                         config.optim.recon_warmup_steps)
+  return Training(model, tx, schedule, create_state(variables, tx, state_rng), step)

@@ -1,19 +1,22 @@
 """Orbax checkpoints of the train state, with the config saved beside them.
 
-Orbax writes each step into a temporary directory and renames it when the save
-is complete, so a crash mid-save leaves the previous checkpoint as the latest
-good one. The data position needs no state of its own: the input order is a
-pure function of (seed, step), so restoring the step restores the iterator.
+Training, evaluation and inference all read checkpoints through this module.
+Orbax writes each step into a temporary directory and renames it when the
+save is complete, so a crash mid-save leaves the previous checkpoint as the
+latest good one. The data position needs no state of its own: the input order
+is a pure function of (seed, step), so restoring the step restores the iterator.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from zsi_jax import config_check
 
 CONFIG_FILE = 'config.json'
 
@@ -54,6 +57,19 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
   return state, step
 
 
+def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[str, Any], int]:
+  """Model variables (params + other collections) of a checkpoint, without the optimiser.
+
+  Returns (variables, step); ``step`` defaults to the latest.
+  """
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+  state = manager.restore(step, args=ocp.args.StandardRestore())
+  return {'params': state['params'], **state['model_state']}, step
+
+
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Writes the experiment config as JSON beside the checkpoints (for eval and the Predictor)."""
   os.makedirs(workdir, exist_ok=True)
@@ -66,7 +82,8 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """Reads the config saved by :func:`save_config`."""
+  """Reads the config saved by :func:`save_config`, completed to today's keys
+  (``config_check.complete``), so workdirs of earlier versions still load."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'no {CONFIG_FILE} in {workdir!r}: is it a zsi_jax training workdir?')
@@ -75,7 +92,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       d = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f'{path} is not valid JSON: {e}') from e
-  return ml_collections.ConfigDict(_lists_to_tuples(d))
+  try:
+    return config_check.complete(_lists_to_tuples(d))
+  except config_check.ConfigError as e:
+    raise config_check.ConfigError(f'{path}: {e}') from None
 
 
 def _lists_to_tuples(x):
