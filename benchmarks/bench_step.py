@@ -30,7 +30,7 @@ Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
-      [--set model.mask_head.fused_backward=False ...]
+      [--set model.conv_impl=conv ...]
   --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 makes the
   zsi_jax mask head run on all 128 slots per image (its worst case); --set
   overrides a field of the zsi_jax config (for A/B runs).
@@ -129,12 +129,11 @@ def run_jax(args) -> dict:
   import jax
 
   from configs.coco_common import coco_config
-  from zsi_jax.modeling.zsi import init_variables, mask_roi_buckets
+  from zsi_jax.config_check import validate
+  from zsi_jax.modeling.build import build_model
+  from zsi_jax.modeling.class_space import pad_class_vectors
   from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded
-  from zsi_jax.training.loop import build_model, pad_class_vectors, trainable_mask
-  from zsi_jax.training.config_check import validate
-  from zsi_jax.training.optimizer import make_optimizer
-  from zsi_jax.training.train_step import create_state, make_train_step
+  from zsi_jax.training.train_step import build_training
 
   hw = parse_size(args.size)
   c = coco_config('65_15', learning_rate=0.01, warmup_steps=100)
@@ -149,11 +148,10 @@ def run_jax(args) -> dict:
   rng = np.random.default_rng(0)
   vecs = rng.normal(size=(NUM_CLASSES, VECTOR_DIM)).astype(np.float32)
   vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-  model = build_model(c, vecs.mean(0), NUM_CLASSES)
-  variables = init_variables(model, jax.random.PRNGKey(0), hw)
-  tx, _ = make_optimizer(c, steps_per_epoch=1000,
-                         trainable=trainable_mask(variables['params'], c.model))
-  state = create_state(variables, tx, jax.random.PRNGKey(1))
+  # The training setup of train.py (loop.train), without the mesh.
+  run = build_training(c, vecs.mean(0), NUM_CLASSES, hw, steps_per_epoch=1000,
+                       total_steps=12_000)
+  model, state = run.model, run.state
   cv, cm = pad_class_vectors(vecs, NUM_CLASSES)
 
   boxes, classes, full_masks = synthetic_instances(rng, args.batch, hw)
@@ -187,8 +185,7 @@ def run_jax(args) -> dict:
   # --fixed_sampling times the same step from the same state again and again
   # (no donation): the same anchor and RoI sampling, hence the same mask-head
   # bucket every time, for A/B comparisons of code changes.
-  step = jax.jit(make_train_step(model, tx, False),
-                 donate_argnums=() if args.fixed_sampling else (0,))
+  step = jax.jit(run.step, donate_argnums=() if args.fixed_sampling else (0,))
   t0 = time.perf_counter()
   state, m = step(state, batch, cv_d, cm_d)     # first step: trace, lower, compile, run
   jax.block_until_ready(m)
@@ -212,7 +209,7 @@ def run_jax(args) -> dict:
   out['train_cache_size'] = step._cache_size()
   # Slots the mask head ran on in each timed step (the bucket is chosen per
   # batch from the positives, so step times vary with it).
-  sizes = mask_roi_buckets(c.model.mask_head.max_rois_per_image, c.model.mask_head.roi_buckets)
+  sizes = model.mask_head.slot_buckets
   out['mask_head_rois_per_image'] = [sizes[i] for i in buckets]
   if args.profile:
     state, m = profile_call(args.profile, 'train_step', step, state, batch, cv_d, cm_d)
@@ -222,6 +219,9 @@ def run_jax(args) -> dict:
     out['peak_mem_kind'] = 'process max RSS (train only)'
     return out
   variables = {'params': state.params, **state.model_state}
+  # Inference builds its own model: the same parameters, the convolution
+  # forms chosen for a forward-only call (as eval.py and the Predictor).
+  model = build_model(c.model, vecs.mean(0), NUM_CLASSES, training=False)
   detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
   def paste_all(det):
     for i in range(args.batch):
@@ -429,7 +429,7 @@ def main():
                       '(summarise with benchmarks/top_ops.py)')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='zsi_jax: override a config field, e.g. '
-                      'model.mask_head.fused_backward=False (repeatable; A/B runs)')
+                      'model.conv_impl=conv (repeatable; A/B runs)')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()

@@ -14,14 +14,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zsi_jax.config_defaults import model_config  # noqa: E402
-from zsi_jax.modeling.zsi import ZSIModel, init_variables  # noqa: E402
+from zsi_jax.modeling.build import build_model, init_variables  # noqa: E402
 
 
 def zsi_counts(depth: int, num_seen: int, dim: int = 300, regression='class_specific'):
   c = model_config()
   c.backbone.depth = depth
   c.box_head.regression = regression
-  model = ZSIModel(c, tuple([0.0] * dim), num_train_classes=num_seen)
+  model = build_model(c, [0.0] * dim, num_seen, training=True)
   shapes = jax.eval_shape(lambda k: init_variables(model, k, (256, 256)), jax.random.PRNGKey(0))
   return {name: sum(int(np.prod(l.shape)) for l in jax.tree_util.tree_leaves(sub))
           for name, sub in shapes['params'].items()}

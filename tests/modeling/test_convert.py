@@ -39,7 +39,7 @@ def test_converted_features_match_torchvision(depth, ctor, tmp_path):
   sd = {k: v.numpy() for k, v in tv.state_dict().items()}
   path = tmp_path / 'w.npz'
   np.savez(path, **sd)
-  net = ResNet(depth=depth, norm='frozen_bn')
+  net = ResNet(depth=depth, width=1.0, norm='frozen_bn', frozen_stages=0)
   params, stats = convert.torchvision_resnet_to_flax(convert.load_state_dict(str(path)), depth)
   ours = net.apply({'params': params, 'batch_stats': stats},
                    jnp.asarray(x.permute(0, 2, 3, 1).numpy()))
@@ -61,7 +61,7 @@ def test_pth_file_and_clear_errors(tmp_path):
     convert.torchvision_resnet_to_flax(sd, 18)
   with pytest.raises(FileNotFoundError, match='nope.pth'):
     convert.load_state_dict(str(tmp_path / 'nope.pth'))
-  net = ResNet(depth=18, width=0.5, norm='frozen_bn')
+  net = ResNet(depth=18, width=0.5, norm='frozen_bn', frozen_stages=0)
   small = net.init(__import__('jax').random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
   with pytest.raises(ValueError, match='conv1.weight'):
     convert.torchvision_resnet_to_flax(convert.load_state_dict(str(path)), 18, small)

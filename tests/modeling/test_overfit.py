@@ -11,7 +11,8 @@ import pytest
 from configs import tiny
 from zsi_jax.data import input_pipeline as ip
 from zsi_jax.data import shapes
-from zsi_jax.modeling.zsi import ZSIModel, init_variables
+from zsi_jax.modeling.build import build_model, init_variables
+from zsi_jax.modeling.zsi import ZSIModel
 from zsi_jax.ops.boxes import box_iou
 from zsi_jax.ops.postprocess import paste_masks
 from zsi_jax.training.optimizer import make_optimizer
@@ -35,7 +36,7 @@ def test_overfit_two_images(tmp_path):
   c.optim.update(learning_rate=0.01, warmup_steps=20, decay_epochs=(1.0,))
   c.model.mask_head.channels = 32
   c.model.test.score_threshold = 0.3
-  model = ZSIModel(c.model, tuple(info.background.tolist()))
+  model = build_model(c.model, info.background, len(info.seen), training=True)
   tx, _ = make_optimizer(c, steps_per_epoch=10_000)
   vecs = jnp.asarray(info.vectors_of(info.seen))
   valid = jnp.ones((vecs.shape[0],), bool)

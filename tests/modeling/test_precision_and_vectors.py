@@ -5,14 +5,15 @@ import numpy as np
 
 from configs import tiny
 from tests.modeling.test_zsi import make_batch
-from zsi_jax.modeling.zsi import ZSIModel, init_variables
+from zsi_jax.modeling.build import build_model, init_variables
+from zsi_jax.modeling.zsi import ZSIModel
 
 
 def test_bfloat16_compute_keeps_float32_params_and_losses():
   c = tiny.get_config().model
   c.dtype = 'bfloat16'
   vecs = np.eye(4, 16, dtype=np.float32) * 0.77
-  model = ZSIModel(c, tuple(vecs.mean(0).tolist()))
+  model = build_model(c, vecs.mean(0), 4, training=True)
   v = init_variables(model, jax.random.PRNGKey(0), (64, 64))
   assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(v['params']))
   terms, _ = jax.jit(lambda v, b: model.apply(v, b, vecs, np.ones(4, bool), jax.random.PRNGKey(0),

@@ -1,13 +1,14 @@
-"""The whole ZSI model at tiny scale: shapes, one compilation, Sync-bg gradients, padding."""
+"""The whole ZSI model at tiny scale: shapes, one compilation, Sync-bg gradients,
+padding, mask-RoI buckets."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import tiny
-from zsi_jax.modeling.mask_head import mask_logits_per_roi
-from zsi_jax.modeling.zsi import (ZSIModel, class_matrix, init_variables, mask_roi_buckets,
-                                  project_through_seen)
+from zsi_jax.modeling.build import build_model, init_variables
+from zsi_jax.modeling.class_space import class_matrix, project_through_seen
+from zsi_jax.modeling.zsi import ZSIModel
 
 D = 16
 K_MAX = 6
@@ -32,14 +33,17 @@ def make_batch(rng, b=2, g=4, hw=64, m=28, n_real=(2, 1)):
               input_hw=np.full((b, 2), hw, np.int32))
 
 
+def tiny_model(cfg, vecs, training=True):
+  return build_model(cfg, vecs.mean(0), 3, training=training)
+
+
 @pytest.fixture(scope='module')
 def setup():
   cfg = tiny.get_config().model
   rng = np.random.default_rng(0)
   vecs = rng.normal(size=(K_MAX, D)).astype(np.float32)
   vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-  bg = vecs.mean(0)
-  model = ZSIModel(config=cfg, background_init=tuple(bg.tolist()), num_train_classes=0)
+  model = tiny_model(cfg, vecs)
   variables = init_variables(model, jax.random.PRNGKey(0), (64, 64))
   return cfg, model, variables, vecs
 
@@ -76,34 +80,37 @@ def test_losses_finite_and_compiled_once_for_any_class_list(setup):
   assert float(terms2['det_cls']) != float(terms['det_cls'])
 
 
-def _head_loss_grad_wrt_w_bf(model, variables, vecs, batch):
+def _w_bf_gradient(model, variables, vecs, batch):
   params = variables['params']
   rest = {k: v for k, v in variables.items() if k != 'params'}
 
-  def head_losses(p):
+  def total(p):
     terms, _ = model.apply({'params': p, **rest}, batch, jnp.asarray(vecs),
                            jnp.asarray(np.arange(K_MAX) < 3), jax.random.PRNGKey(0), True,
                            method=ZSIModel.losses)
-    # Only the heads' terms: the RPN's own loss always trains W_bf.
-    return terms['det_cls'] + terms['mask_bce']
+    return terms['total']
 
-  return jax.jit(jax.grad(head_losses))(params)['rpn']['W_bf']
+  return jax.jit(jax.grad(total))(params)['rpn']['W_bf']
 
 
-@pytest.mark.parametrize('gradients', [True, False])
-def test_sync_bg_gradient_switch(setup, gradients):
+def test_sync_bg_gradient_switch(setup):
+  # The RPN's own loss trains every row of W_bf. With Sync-bg gradients the
+  # heads' losses also reach v_b, the mean of the background rows: those rows'
+  # gradients change, the foreground rows' do not.
   cfg, _, variables, vecs = setup
-  cfg = cfg.copy_and_resolve_references()
-  cfg.sync_bg.gradients = gradients
-  model = ZSIModel(config=cfg, background_init=tuple(vecs.mean(0).tolist()))
-  g = _head_loss_grad_wrt_w_bf(model, variables, vecs, make_batch(np.random.default_rng(2)))
-  bg_grad = float(jnp.abs(g[:, 0]).sum())
-  if gradients:
-    assert bg_grad > 0
-  else:
-    assert bg_grad == 0.0
-  # Foreground rows never receive head gradients.
-  assert float(jnp.abs(g[:, 1]).sum()) == 0.0
+  grads = {}
+  for gradients in (True, False):
+    c = cfg.copy_and_resolve_references()
+    c.sync_bg.gradients = gradients
+    grads[gradients] = np.asarray(_w_bf_gradient(tiny_model(c, vecs), variables, vecs,
+                                                 make_batch(np.random.default_rng(2))))
+  with_heads, rpn_only = grads[True], grads[False]
+  assert np.abs(with_heads[:, 0] - rpn_only[:, 0]).max() > 1e-3 * np.abs(rpn_only[:, 0]).max()
+  np.testing.assert_allclose(with_heads[:, 1], rpn_only[:, 1], rtol=1e-5, atol=1e-8)
+  # The heads add the same gradient to every background row (v_b is their mean).
+  head_part = with_heads[:, 0] - rpn_only[:, 0]
+  np.testing.assert_allclose(head_part, np.broadcast_to(head_part[:1], head_part.shape),
+                             rtol=1e-3, atol=1e-6)
 
 
 def test_padded_ground_truth_contributes_nothing(setup):
@@ -149,16 +156,14 @@ def test_detect_outputs(setup, scoring):
   assert np.all((m >= 0) & (m <= 1))
 
   def reference(module, images, boxes, classes):
-    feats = module._features(images, False)
-    _, _, v_b = module.rpn(feats)
-    r = cfg.mask_head.roi_size
-    sem = module.mask_head(module._pool(feats, boxes, r).reshape(
-        (-1, r, r, cfg.fpn_channels)))['semantic']
-    mat, _ = class_matrix(module._sync_bg(v_b, 'mask'), vecs, cm)
-    ws, ws_valid = class_matrix(module._sync_bg(v_b, 'mask'), seen, sm)
+    feats = module.features(images, False)
+    v_b = module.rpn(feats).v_b
+    sem = module.mask_head.on_boxes(feats, boxes)['semantic']
+    mat, _ = class_matrix(v_b, vecs, cm)
+    ws, ws_valid = class_matrix(v_b, seen, sm)
     if scoring == 'projected':
       sem = project_through_seen(sem, ws, ws_valid)
-    logits = mask_logits_per_roi(sem, mat[jnp.clip(classes, 0, None).reshape(-1) + 1])
+    logits = jnp.einsum('nhwd,nd->nhw', sem, mat[jnp.clip(classes, 0, None).reshape(-1) + 1])
     return jax.nn.sigmoid(logits).reshape(classes.shape + (28, 28))
 
   ref = jax.jit(lambda v, im, b, c: model.apply(v, im, b, c, method=reference))(
@@ -167,25 +172,20 @@ def test_detect_outputs(setup, scoring):
 
 
 def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
-  # The mask head runs in the smallest slot bucket holding the batch's
-  # positives; the loss must be that of the full cap (no positive dropped).
+  # The mask loss runs in the smallest slot bucket holding the batch's
+  # positives, its gradients computed inside that bucket; losses and
+  # gradients must be those of the full cap (no positive dropped).
   cfg, _, variables, vecs = setup
-  assert mask_roi_buckets(128, 4) == (16, 32, 64, 128)
-  assert mask_roi_buckets(8, 1) == (8,)
-  assert mask_roi_buckets(2, 4) == (1, 2)
   params = variables['params']
   rest = {k: v for k, v in variables.items() if k != 'params'}
   batch = make_batch(np.random.default_rng(5), n_real=(1, 1))
   out = {}
-  # (16,) slots; (8, 16) with the gradients computed inside the taken bucket
-  # (fused_backward, the default); (8, 16) with rematerialised branches.
-  for name, buckets, fused in (('one', 1, True), ('fused', 2, True), ('remat', 2, False)):
+  for buckets in (1, 2):                            # (16,) slots, or (8, 16)
     c = cfg.copy_and_resolve_references()
     c.roi_sampling.num_samples = 64
     c.mask_head.max_rois_per_image = 16
     c.mask_head.roi_buckets = buckets
-    c.mask_head.fused_backward = fused
-    model = ZSIModel(config=c, background_init=tuple(vecs.mean(0).tolist()))
+    model = tiny_model(c, vecs)
 
     def loss(p):
       terms, aux = model.apply({'params': p, **rest}, batch, jnp.asarray(vecs),
@@ -194,46 +194,19 @@ def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
       return 3.0 * terms['total'], (terms, aux)   # a cotangent other than 1
 
     (_, (terms, aux)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    out[name] = terms, aux, grads
-  t1, a1, g1 = out['one']
+    out[buckets] = terms, aux, grads
+  t1, a1, g1 = out[1]
+  t2, a2, g2 = out[2]
   positives = int(a1['num_mask_rois'])
-  assert 0 < positives <= 8, positives           # so the bucket below the cap (16) runs
+  assert 0 < positives <= 8, positives              # so the bucket below the cap (16) runs
+  assert int(a2['mask_bucket']) == 0 and int(a2['num_mask_rois']) == positives
   # The mask head gets gradients (so the comparison below covers them).
   assert float(jnp.abs(g1['mask_head']['conv1']['kernel']).sum()) > 0
-  for name in ('fused', 'remat'):
-    t4, a4, g4 = out[name]
-    assert int(a4['mask_bucket']) == 0 and int(a4['num_mask_rois']) == positives, name
-    for k in t1:
-      np.testing.assert_allclose(float(t4[k]), float(t1[k]), rtol=1e-5, atol=1e-6,
-                                 err_msg=f'{name} {k}')
-    # Summation order differs between the paths: float32 noise relative to
-    # each leaf's scale.
-    jax.tree_util.tree_map_with_path(
-        lambda path, a, b: np.testing.assert_allclose(
-            a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
-            err_msg=f'{name} {jax.tree_util.keystr(path)}'), g4, g1)
-
-
-def test_projected_scoring_keeps_seen_probabilities_in_gzsi(setup):
-  # GZSI with the reference code's projected scoring: seen targets get their
-  # softmax probability, unseen targets p . [v_b; W_s] . w_u (no renormalisation).
-  _, model, variables, vecs = setup
-  rng = np.random.default_rng(7)
-  sem = jnp.asarray(rng.normal(size=(1, 5, D)), jnp.float32)
-  v_b = jnp.asarray(vecs.mean(0))
-  seen, seen_valid = jnp.asarray(vecs), jnp.asarray(np.arange(K_MAX) < 3)
-  order = [0, 3, 1, 4, 2, 5]                    # seen and unseen targets interleaved
-  targets, t_valid = jnp.asarray(vecs[order]), jnp.asarray(np.arange(K_MAX) < 5)
-  scores = model.apply(variables, sem, *class_matrix(v_b, targets, t_valid), v_b, seen, seen_valid,
-                       'projected', 'det', method=ZSIModel._class_scores)
-  ws = np.concatenate([np.asarray(v_b)[None], vecs[:3]])
-  logits = np.asarray(sem) @ ws.T
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  s = np.asarray(scores)
-  for col, cls in enumerate(order[:5]):
-    if cls < 3:
-      np.testing.assert_allclose(s[..., col], p[..., 1 + cls], rtol=1e-5, atol=1e-6)
-    else:
-      np.testing.assert_allclose(s[..., col], (p @ ws) @ vecs[cls], rtol=1e-4, atol=1e-6)
-  assert np.all(s[..., 5] == 0)                 # padded target slot
+  for k in t1:
+    np.testing.assert_allclose(float(t2[k]), float(t1[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  # Summation order differs between the buckets: float32 noise relative to
+  # each leaf's scale.
+  jax.tree_util.tree_map_with_path(
+      lambda path, a, b: np.testing.assert_allclose(
+          a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
+          err_msg=jax.tree_util.keystr(path)), g2, g1)

@@ -101,11 +101,11 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(data_root, tm
   # persistent compilation cache (the same executable, so the same numerics).
   cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  # A long run that SIGKILLs itself once its step-4 checkpoint is on disk (the
-  # loop's fault-injection hook: a kill at a known step, without a race).
-  r = subprocess.run([sys.executable] + _train_cmd(data_root, killed, 1000), cwd=ROOT,
-                     env=_env(ZSI_TEST_SIGKILL_AT_STEP='4', **cache), capture_output=True,
-                     text=True, timeout=600)
+  # A long run that SIGKILLs itself once its step-4 checkpoint is on disk (a
+  # step hook injected by kill_run.py: a kill at a known step, without a race).
+  cmd = _train_cmd(data_root, killed, 1000)
+  r = subprocess.run([sys.executable, 'tests/training/kill_run.py', '4'] + cmd[1:], cwd=ROOT,
+                     env=_env(**cache), capture_output=True, text=True, timeout=600)
   assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
   ckpts = os.path.join(killed, 'checkpoints')
   assert ocp.CheckpointManager(ckpts).latest_step() == 4
@@ -169,7 +169,7 @@ def test_config_errors_fail_before_compiling(data_root, tmp_path, override, mess
 
 def test_typos_in_config_files_are_caught():
   from configs import shapes as shapes_config
-  from zsi_jax.training.config_check import ConfigError, validate
+  from zsi_jax.config_check import ConfigError, validate
   c = shapes_config.get_config()
   validate(c)
   c.optim.lerning_rate = 0.1  # a config file can add keys that nothing reads

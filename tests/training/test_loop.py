@@ -9,7 +9,7 @@ import pytest
 
 from configs import tiny
 from tests.modeling.test_zsi import make_batch
-from zsi_jax.training import checkpoint as ckpt_lib
+from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax.training.loop import NonFiniteLossError, train
 
 D = 16

@@ -1,0 +1,62 @@
+"""Mask-RoI slot buckets: the sizes, the bucket chosen, and a switch whose
+gradients are computed in the forward pass equal to plain differentiation."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zsi_jax.modeling import buckets
+
+
+def test_slot_buckets_and_the_smallest_that_holds_the_positives():
+  assert buckets.slot_buckets(128, 4) == (16, 32, 64, 128)
+  assert buckets.slot_buckets(8, 1) == (8,)
+  assert buckets.slot_buckets(2, 4) == (1, 2)
+  sizes = (16, 32, 64, 128)
+  for counts, want in (([3, 16], 0), ([17, 2], 1), ([64, 0], 2), ([65, 1], 3), ([0, 0], 0)):
+    assert int(buckets.smallest_bucket(jnp.asarray(counts), sizes)) == want, counts
+
+
+class _Head(nn.Module):
+  """A loss on the first ``slots`` rows: sum((Dense(x) . w)^2) * scale."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(x)
+
+  def loss(self, diff, rest, slots):
+    x, w = diff
+    scale, = rest
+    y = self(x[:slots]) @ w
+    value = jnp.sum(y ** 2) * scale
+    return value, (value, jnp.sum(y))
+
+  def switched(self, index, x, w, scale):
+    branches = [functools.partial(_Head.loss, slots=n) for n in (2, 4)]
+    return buckets.switch_with_gradients(self, index, branches, (x, w), (scale,))
+
+
+def test_switch_with_gradients_equals_plain_differentiation():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3,)), jnp.float32)
+  head = _Head()
+  variables = head.init(jax.random.PRNGKey(0), x)
+  for index, slots in ((0, 2), (1, 4)):
+    def fused(v, x, w):
+      loss, aux = head.apply(v, index, x, w, 0.5, method=_Head.switched)
+      return 3.0 * loss + 0.0 * aux[1]     # a cotangent other than 1; aux carries none
+
+    def plain(v, x, w):
+      return 3.0 * head.apply(v, (x, w), (0.5,), slots, method=_Head.loss)[0]
+
+    np.testing.assert_allclose(jax.jit(fused)(variables, x, w), plain(variables, x, w),
+                               rtol=1e-6)
+    g_fused = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(variables, x, w)
+    g_plain = jax.grad(plain, argnums=(0, 1, 2))(variables, x, w)
+    for a, b in zip(jax.tree_util.tree_leaves(g_fused), jax.tree_util.tree_leaves(g_plain)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Rows beyond the bucket get no gradient.
+    assert np.all(np.asarray(g_fused[1])[slots:] == 0)

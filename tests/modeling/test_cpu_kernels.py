@@ -1,0 +1,61 @@
+"""The CPU's 3x3 convolution forms against the convolution summed tap by tap in float64."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zsi_jax.modeling import cpu_kernels
+
+
+def _taps_float64(x, k):
+  h, w = x.shape[1:3]
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return sum(p[:, i:i + h, j:j + w] @ k[i, j] for i in range(3) for j in range(3))
+
+
+@pytest.mark.parametrize('shape', [(2, 13, 21, 8), (3, 4, 8, 5), (1, 1, 1, 3), (2, 14, 14, 64)])
+def test_conv3x3_winograd_matches_float64_taps(shape):
+  """Whole, partial and single tiles (sizes not multiples of 4 are padded and
+  cropped), error within 3e-5 of the output's scale; a bf16 input gives a bf16
+  output computed in float32."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape)
+  k = rng.normal(size=(3, 3, shape[-1], 6))
+  ref = _taps_float64(x, k)
+  got = np.asarray(jax.jit(cpu_kernels.conv3x3_winograd)(jnp.asarray(x, jnp.float32),
+                                                         jnp.asarray(k, jnp.float32)))
+  assert got.shape == shape[:3] + (6,)
+  assert np.abs(got - ref).max() <= 3e-5 * np.abs(ref).max()
+  got16 = cpu_kernels.conv3x3_winograd(jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.float32))
+  assert got16.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(got16, np.float32) - ref).max() <= 2e-2 * np.abs(ref).max()
+
+
+def test_im2col_kernel_gradient_matches_float64():
+  # d/dk of sum(conv(x, k) * g) is sum over pixels of x's taps times g.
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 7, 5, 4))
+  k = rng.normal(size=(3, 3, 4, 3))
+  g = rng.normal(size=(2, 7, 5, 3))
+  dk = jax.grad(lambda k: jnp.sum(cpu_kernels.conv3x3_im2col_grad(jnp.asarray(x, jnp.float32), k)
+                                  * jnp.asarray(g, jnp.float32)))(jnp.asarray(k, jnp.float32))
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = np.stack([np.einsum('nhwc,nhwo->co', p[:, i:i + 7, j:j + 5], g)
+                  for i in range(3) for j in range(3)]).reshape(k.shape)
+  np.testing.assert_allclose(np.asarray(dk), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_form_picks_winograd_for_large_convolutions():
+  # Winograd from WINOGRAD_MIN_MACS multiply-adds up, the im2col-gradient form
+  # below; told apart by their rounding against the direct convolution.
+  rng = np.random.default_rng(2)
+  small = jnp.asarray(rng.normal(size=(1, 8, 8, 8)), jnp.float32)
+  k_small = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
+  assert 9 * small.size * 8 < cpu_kernels.WINOGRAD_MIN_MACS
+  np.testing.assert_array_equal(cpu_kernels.conv3x3_for_training(small, k_small),
+                                cpu_kernels.conv3x3_im2col_grad(small, k_small))
+  big = jnp.asarray(rng.normal(size=(1, 40, 40, 96)), jnp.float32)
+  k_big = jnp.asarray(rng.normal(size=(3, 3, 96, 96)), jnp.float32)
+  assert 9 * big.size * 96 >= cpu_kernels.WINOGRAD_MIN_MACS
+  np.testing.assert_array_equal(jax.jit(cpu_kernels.conv3x3_for_training)(big, k_big),
+                                jax.jit(cpu_kernels.conv3x3_winograd)(big, k_big))
