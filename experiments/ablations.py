@@ -255,7 +255,7 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
         '| paper (ZSI R@0.4 / ZSI R@0.5 / ZSD R@0.5) | direction of ZSI R@0.5 vs RPN |',
         zsi_row, f'All rows without decoders, as in the paper ({abl}). Sync-bg in the mask '
         'head alone cannot change anything here: the mask loss and the mask output use only '
-        'the class channel of `[v_b; W]` (REFERENCE.md: BCE on the ground-truth class channel), '
+        'the class channel of `[v_b; W]` (docs/REFERENCE_NOTES.md: BCE on the ground-truth class channel), '
         'so the `v_b` channel is never read under direct scoring, and the mask rows equal the '
         'rows without it to the last digit. The paper\'s numbers show no change there either.')
 

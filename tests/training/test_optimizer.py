@@ -1,17 +1,18 @@
 """Learning-rate schedule, frozen parameters without updates or state, clipping."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
+from zsi_jax.config_defaults import base_config
 from zsi_jax.training.optimizer import learning_rate_schedule, make_optimizer
 
 
 def _config(**kw):
-  c = ml_collections.ConfigDict()
-  c.optim = dict(learning_rate=0.01, momentum=0.9, weight_decay=1e-4, clip_norm=35.0,
-                 warmup_steps=500, warmup_ratio=1.0 / 3, decay_epochs=(8, 11), decay_factor=0.1)
+  c = base_config()
+  c.optim.update(dict(learning_rate=0.01, momentum=0.9, weight_decay=1e-4, clip_norm=35.0,
+                      warmup_steps=500, warmup_ratio=1.0 / 3, decay_epochs=(8, 11),
+                      decay_factor=0.1, reference_batch=0))
   c.optim.update(kw)
   return c
 

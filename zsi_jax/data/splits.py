@@ -1,4 +1,4 @@
-"""Seen/unseen class splits of COCO (REFERENCE.md, "Splits"); label order = list order.
+"""Seen/unseen class splits of COCO (docs/REFERENCE_NOTES.md, "Splits"); label order = list order.
 
 Custom splits come from a JSON file ``{"name": ..., "seen": [...], "unseen": [...]}``.
 """

@@ -1,4 +1,4 @@
-"""The ZSI / GZSI evaluation protocol (REFERENCE.md, "Evaluation protocol").
+"""The ZSI / GZSI evaluation protocol (docs/REFERENCE_NOTES.md, "Evaluation protocol").
 
 pycocotools' COCOeval with IoU thresholds [0.4, 0.5, 0.6]:
 - Recall@100 at each threshold = COCOeval's recall at maxDets 100, area

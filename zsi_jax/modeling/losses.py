@@ -80,7 +80,7 @@ def reconstruction_mse(original, reconstruction, weights):
   """Mean squared reconstruction error over valid entries (paper Eq. 1, averaged).
 
   Args:
-    original: [N, ...F] visual features O (not detached: REFERENCE.md).
+    original: [N, ...F] visual features O (not detached: docs/REFERENCE_NOTES.md).
     reconstruction: same shape, decoder output R.
     weights: [N] validity.
   Returns:

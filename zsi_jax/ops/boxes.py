@@ -10,7 +10,7 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-# Box deltas are divided by these before the loss (REFERENCE.md); torchvision
+# Box deltas are divided by these before the loss (docs/REFERENCE_NOTES.md); torchvision
 # expresses the same thing as BoxCoder weights (10, 10, 5, 5) = 1 / stds.
 DEFAULT_STDS = (0.1, 0.1, 0.2, 0.2)
 # Largest log-ratio a predicted dw/dh may have, so exp() cannot overflow.

@@ -19,7 +19,7 @@ from zsi_jax.ops.sampling import match_boxes, sample_balanced
 
 @dataclasses.dataclass(frozen=True)
 class RpnTargetConfig:
-  """Anchor labelling for the RPN (REFERENCE.md defaults)."""
+  """Anchor labelling for the RPN; the defaults are the authors' (docs/REFERENCE_NOTES.md)."""
   positive_threshold: float = 0.7
   negative_threshold: float = 0.3
   allow_low_quality: bool = True
@@ -33,7 +33,7 @@ class RpnTargetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RoiSamplingConfig:
-  """RoI sampling for the box and mask heads (REFERENCE.md defaults)."""
+  """RoI sampling for the box and mask heads; the defaults are the authors' (docs/REFERENCE_NOTES.md)."""
   positive_threshold: float = 0.5
   negative_threshold: float = 0.5
   num_samples: int = 512
