@@ -20,13 +20,13 @@ def test_conv_forms_per_backend(training):
     forms = conv_forms('auto', training, backend)
     assert _compute(forms.conv3x3) is layers.conv3x3_direct
     assert _compute(forms.conv1x1) is layers.conv1x1_direct
+  cpu_form = cpu_kernels.conv3x3_cpu_training if training else cpu_kernels.conv3x3_cpu_inference
   cpu = conv_forms('auto', training, 'cpu')
   assert _compute(cpu.conv1x1) is layers.conv1x1_matmul
-  assert _compute(cpu.conv3x3) is cpu_kernels.conv3x3_for_training
+  assert _compute(cpu.conv3x3) is cpu_form
   plain = conv_forms('conv', training, 'cpu')
   assert _compute(plain.conv3x3) is layers.conv3x3_direct
-  assert _compute(conv_forms('winograd', training, 'gpu').conv3x3) is \
-      cpu_kernels.conv3x3_for_training
+  assert _compute(conv_forms('winograd', training, 'gpu').conv3x3) is cpu_form
   with pytest.raises(ValueError, match="conv_impl must be one of"):
     conv_forms('gemm', training, 'cpu')
 

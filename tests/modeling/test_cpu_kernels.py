@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from zsi_jax.modeling import cpu_kernels
+from zsi_jax.modeling.layers import conv3x3_direct
 
 
 def _taps_float64(x, k):
@@ -45,17 +46,23 @@ def test_im2col_kernel_gradient_matches_float64():
   np.testing.assert_allclose(np.asarray(dk), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_training_form_picks_winograd_for_large_convolutions():
-  # Winograd from WINOGRAD_MIN_MACS multiply-adds up, the im2col-gradient form
-  # below; told apart by their rounding against the direct convolution.
+def test_cpu_forms_pick_winograd_for_large_convolutions():
+  # Winograd from WINOGRAD_MIN_MACS multiply-adds up; below it the
+  # im2col-gradient form (training) or the direct convolution (inference),
+  # which share their forward pass. Told apart by rounding.
   rng = np.random.default_rng(2)
   small = jnp.asarray(rng.normal(size=(1, 8, 8, 8)), jnp.float32)
   k_small = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
   assert 9 * small.size * 8 < cpu_kernels.WINOGRAD_MIN_MACS
-  np.testing.assert_array_equal(cpu_kernels.conv3x3_for_training(small, k_small),
-                                cpu_kernels.conv3x3_im2col_grad(small, k_small))
+  direct = conv3x3_direct(small, k_small)
+  for form in (cpu_kernels.conv3x3_cpu_training, cpu_kernels.conv3x3_cpu_inference):
+    np.testing.assert_array_equal(form(small, k_small), direct)
+  g = jax.grad(lambda k: jnp.sum(cpu_kernels.conv3x3_cpu_training(small, k) ** 2))(k_small)
+  g_ref = jax.grad(lambda k: jnp.sum(cpu_kernels.conv3x3_im2col_grad(small, k) ** 2))(k_small)
+  np.testing.assert_array_equal(g, g_ref)
   big = jnp.asarray(rng.normal(size=(1, 40, 40, 96)), jnp.float32)
   k_big = jnp.asarray(rng.normal(size=(3, 3, 96, 96)), jnp.float32)
   assert 9 * big.size * 96 >= cpu_kernels.WINOGRAD_MIN_MACS
-  np.testing.assert_array_equal(jax.jit(cpu_kernels.conv3x3_for_training)(big, k_big),
-                                jax.jit(cpu_kernels.conv3x3_winograd)(big, k_big))
+  wino = jax.jit(cpu_kernels.conv3x3_winograd)(big, k_big)
+  for form in (cpu_kernels.conv3x3_cpu_training, cpu_kernels.conv3x3_cpu_inference):
+    np.testing.assert_array_equal(jax.jit(form)(big, k_big), wino)

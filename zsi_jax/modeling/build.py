@@ -40,20 +40,22 @@ def conv_forms(conv_impl: str, training: bool, backend: Optional[str] = None) ->
   """How the model's convolutions are computed (docs/PERFORMANCE.md has the measurements).
 
   ``'auto'``: XLA's convolutions on GPUs and TPUs. On the CPU, 1x1
-  convolutions as matmuls, and for training 3x3 convolutions by Winograd
-  F(4x4, 3x3) from ``cpu_kernels.WINOGRAD_MIN_MACS`` multiply-adds up (with
-  GEMM kernel gradients below); for inference XLA's direct 3x3 convolution.
-  ``'conv'``: XLA's convolutions everywhere. ``'winograd'``: the CPU's
-  training forms on any backend, for training and inference.
+  convolutions as matmuls and 3x3 convolutions by Winograd F(4x4, 3x3) from
+  ``cpu_kernels.WINOGRAD_MIN_MACS`` multiply-adds per call up, the fastest
+  form there forward and backward; below that, for training XLA's
+  convolution with GEMM kernel gradients (the convolution's own kernel
+  gradient is several times slower inside the mask loss's bucket switch),
+  for inference XLA's convolution. ``'conv'``: XLA's convolutions everywhere.
+  ``'winograd'``: the CPU forms on any backend.
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'model.conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}')
   backend = backend or jax.default_backend()
   if conv_impl == 'conv' or (conv_impl == 'auto' and backend != 'cpu'):
     return ConvForms(layers.Conv1x1, layers.Conv3x3)
-  conv1x1 = functools.partial(layers.Conv1x1, compute=layers.conv1x1_matmul)
-  return ConvForms(conv1x1, functools.partial(layers.Conv3x3,
-                                              compute=cpu_kernels.conv3x3_for_training))
+  conv3x3 = cpu_kernels.conv3x3_cpu_training if training else cpu_kernels.conv3x3_cpu_inference
+  return ConvForms(functools.partial(layers.Conv1x1, compute=layers.conv1x1_matmul),
+                   functools.partial(layers.Conv3x3, compute=conv3x3))
 
 
 def build_model(model: ml_collections.ConfigDict, background: Sequence[float],

@@ -10,8 +10,9 @@ the same size. Two forms fix that (docs/PERFORMANCE.md has the measurements):
   gradient, nine GEMMs for the kernel gradient; for convolutions too small
   for Winograd to repay its compile time.
 
-``modeling/build.py`` chooses between them (:func:`conv3x3_for_training`) and
-hands the choice to the layers; every form is tested equal to the direct one.
+``modeling/build.py`` chooses between them (:func:`conv3x3_cpu_training`,
+:func:`conv3x3_cpu_inference`) and hands the choice to the layers; every form
+is tested equal to the direct one.
 """
 from __future__ import annotations
 
@@ -139,13 +140,25 @@ def conv3x3_winograd(x, kernel):
   return y[:, :h, :w].astype(dtype)
 
 
-def conv3x3_for_training(x, kernel):
+def _winograd_when_large(x, kernel, small):
+  macs = 9 * x.size * kernel.shape[-1]
+  return conv3x3_winograd(x, kernel) if macs >= WINOGRAD_MIN_MACS else small(x, kernel)
+
+
+def conv3x3_cpu_training(x, kernel):
   """The CPU's 3x3 convolution for training: Winograd from ``WINOGRAD_MIN_MACS``
   multiply-adds up, :func:`conv3x3_im2col_grad` below (a static choice per call site).
 
   x: [N, H, W, C], kernel: [3, 3, C, O] -> [N, H, W, O].
   """
-  macs = 9 * x.size * kernel.shape[-1]
-  if macs >= WINOGRAD_MIN_MACS:
-    return conv3x3_winograd(x, kernel)
-  return conv3x3_im2col_grad(x, kernel)
+  return _winograd_when_large(x, kernel, conv3x3_im2col_grad)
+
+
+def conv3x3_cpu_inference(x, kernel):
+  """The CPU's 3x3 convolution for a forward-only call: Winograd from
+  ``WINOGRAD_MIN_MACS`` multiply-adds up, XLA's direct convolution below (the
+  forward pass of :func:`conv3x3_im2col_grad`, without its custom gradient).
+
+  x: [N, H, W, C], kernel: [3, 3, C, O] -> [N, H, W, O].
+  """
+  return _winograd_when_large(x, kernel, conv3x3_direct)
