@@ -1,12 +1,18 @@
 """Evaluates a trained ZSI model with the paper's protocol.
 
 python eval.py --workdir runs/shapes [--split zsi|gzsi|seen] [--checkpoint STEP] [--scoring direct|projected]
+    [--calibration GAMMA] [--calibration_sweep N]
 Writes workdir/eval/{split}_results.json (COCO results, RLE masks) and
-{split}_metrics.json, and prints the table.
+{split}_metrics.json, and prints the table. --calibration_sweep N evaluates
+GZSI at N seen-score calibrations gamma in [-1, 1] (the model runs once per
+image) and writes workdir/eval/gzsi_calibration.json and .png.
 """
+import os
+
 from absl import app, flags
 
-from zsi_jax.evaluation.runner import evaluate
+from zsi_jax import cli
+from zsi_jax.evaluation.runner import SETTINGS, ScoringError, calibration_sweep, evaluate
 
 flags.DEFINE_string('workdir', None, 'training workdir (holds config.json and checkpoints/)')
 flags.DEFINE_list('split', ['zsi', 'gzsi'], 'zsi, gzsi and/or seen')
@@ -14,14 +20,31 @@ flags.DEFINE_integer('checkpoint', None, 'step to evaluate (default: latest)')
 flags.DEFINE_enum('scoring', None, ['direct', 'projected'], 'unseen scoring (default: config)')
 flags.DEFINE_string('data_root', None, 'dataset root (default: the one in the config)')
 flags.DEFINE_string('vectors', None, 'class-vector file in the dataset root (default: config)')
+flags.DEFINE_float('calibration', None, 'GZSI: lower seen-class scores by this gamma in [-1, 1] '
+                   '(calibrated stacking; default: config model.test.seen_calibration)')
+flags.DEFINE_integer('calibration_sweep', 0, 'GZSI: evaluate N values of gamma in [-1, 1] and '
+                     'write the seen-unseen curve (with --split gzsi)')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
 
 def main(_):
+  unknown = [s for s in FLAGS.split if s not in SETTINGS]
+  if unknown:
+    raise ValueError(f'--split {",".join(unknown)}: choose from {", ".join(SETTINGS)}')
+  if FLAGS.calibration is not None and not -1.0 <= FLAGS.calibration <= 1.0:
+    raise ValueError(f'--calibration={FLAGS.calibration}: must be in [-1, 1]')
+  if FLAGS.calibration_sweep and FLAGS.split != ['gzsi']:
+    raise ValueError('--calibration_sweep is a GZSI measurement: use it with --split gzsi')
+  cli.setup_logging(os.path.join(FLAGS.workdir, 'eval', 'eval.log'))
+  if FLAGS.calibration_sweep:
+    calibration_sweep(FLAGS.workdir, FLAGS.calibration_sweep, FLAGS.checkpoint, FLAGS.scoring,
+                      FLAGS.data_root, FLAGS.vectors)
+    return
   for s in FLAGS.split:
-    evaluate(FLAGS.workdir, s, FLAGS.checkpoint, FLAGS.scoring, FLAGS.data_root, FLAGS.vectors)
+    evaluate(FLAGS.workdir, s, FLAGS.checkpoint, FLAGS.scoring, FLAGS.data_root, FLAGS.vectors,
+             FLAGS.calibration)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main, errors=(ScoringError,)), flags_parser=cli.parse_flags)

@@ -9,12 +9,18 @@ python predict.py --workdir runs/shapes --dataset_split test_zsi --num_images 12
 (the training dataset's). Names outside the dataset get vectors from the
 dataset's word-vector file or --word_vectors.
 Writes OUT/<image>.png, OUT/results.json (COCO results: bbox, score, RLE
-segmentation in original pixels), OUT/categories.json and OUT/images.json.
+segmentation in original pixels), OUT/categories.json, OUT/images.json and
+OUT/predict.log. Images that cannot be read are skipped and listed at the end
+(exit status 1); the results of every other image are written.
 """
 import json
+import logging
 import os
+import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from zsi_jax import cli
 
 flags.DEFINE_string('workdir', None, 'training workdir (config.json + checkpoints/)')
 flags.DEFINE_string('input', '', 'an image file or a folder of images')
@@ -24,10 +30,17 @@ flags.DEFINE_integer('num_images', 0, 'at most this many images (0: all)')
 flags.DEFINE_string('classes', 'all', "class names (comma-separated) or 'unseen'/'seen'/'all'")
 flags.DEFINE_string('word_vectors', '', 'gensim-loadable file for names outside the dataset')
 flags.DEFINE_float('score_threshold', 0.3, 'drop detections below this score')
+flags.DEFINE_float('seen_calibration', None, 'with seen and unseen classes: lower seen-class '
+                   'scores by this gamma in [-1, 1] (default: config model.test.seen_calibration)')
 flags.DEFINE_integer('checkpoint', None, 'step (default: latest)')
 flags.DEFINE_string('out', '', 'output folder (default: WORKDIR/predictions)')
 flags.DEFINE_string('grid', '', 'also write all pictures as one grid PNG here')
 flags.DEFINE_integer('picture_scale', 2, 'integer upscaling of the pictures')
+flags.DEFINE_string('data_root', None, 'the training dataset\'s root, if it moved since '
+                    'training (default: the one in the config)')
+flags.DEFINE_string('vectors', None, 'class-vector file in the dataset root (default: config)')
+flags.DEFINE_integer('max_classes', None, 'rows of the padded class matrix, i.e. the most '
+                     'classes one call can take (default: config or the dataset\'s count)')
 flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
@@ -69,8 +82,12 @@ def main(_):
   from zsi_jax import visualize
   from zsi_jax.inference import Predictor, load_image
 
+  out_dir = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions')
+  cli.setup_logging(os.path.join(out_dir, 'predict.log'))
   predictor = Predictor.from_checkpoint(FLAGS.workdir, FLAGS.checkpoint,
-                                        word_vectors=FLAGS.word_vectors or None)
+                                        data_root=FLAGS.data_root, vectors=FLAGS.vectors,
+                                        word_vectors=FLAGS.word_vectors or None,
+                                        max_classes=FLAGS.max_classes)
   info = predictor.info
   classes = resolve_classes(info, FLAGS.classes)
   vectors = predictor.class_vectors(classes)  # fails early on unknown names
@@ -81,15 +98,20 @@ def main(_):
       cat_id[n] = int(info.category_ids[n])
     else:
       cat_id[n], next_id = next_id, next_id + 1
-  out_dir = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions')
   os.makedirs(out_dir, exist_ok=True)
 
-  results, images, pictures, captions = [], [], [], []
+  results, images, pictures, captions, skipped = [], [], [], [], []
   unseen = set(info.unseen) | {n for n in classes if n not in info.names}
   for image_id, path in tqdm(list_images(predictor), desc='predict'):
-    img = load_image(path)
+    try:
+      img = load_image(path)
+    except (ValueError, OSError) as e:
+      skipped.append(path)
+      tqdm.write(f'skipped: {cli.one_line(e)}', file=sys.stderr)
+      continue
     pred = predictor.predict(img, class_names=classes, class_vectors=vectors,
-                             score_threshold=FLAGS.score_threshold)
+                             score_threshold=FLAGS.score_threshold,
+                             seen_calibration=FLAGS.seen_calibration)
     images.append(dict(id=int(image_id), file_name=path, height=img.shape[0], width=img.shape[1]))
     if len(pred['scores']):
       rles = mask_utils.encode(np.asfortranarray(pred['masks'].transpose(1, 2, 0).astype(np.uint8)))
@@ -112,13 +134,16 @@ def main(_):
     json.dump([dict(id=cat_id[n], name=n, unseen=n in unseen) for n in classes], f, indent=1)
   with open(os.path.join(out_dir, 'images.json'), 'w') as f:
     json.dump(images, f, indent=1)
-  if FLAGS.grid:
+  if FLAGS.grid and pictures:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.grid)), exist_ok=True)
     visualize.grid(pictures, columns=min(4, len(pictures)), captions=captions).save(FLAGS.grid)
-  logging.info('wrote %d detections on %d images to %s', len(results), len(images), out_dir)
   print(f'{len(results)} detections on {len(images)} images -> {out_dir}'
-        + (f'; grid: {FLAGS.grid}' if FLAGS.grid else ''))
+        + (f'; grid: {FLAGS.grid}' if FLAGS.grid and pictures else ''))
+  if skipped:
+    print(f'error: skipped {len(skipped)} unreadable image(s): {", ".join(skipped)}',
+          file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main), flags_parser=cli.parse_flags)

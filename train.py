@@ -1,16 +1,21 @@
 """Trains a ZSI model.
 
 python train.py --config configs/shapes.py --workdir runs/shapes [--config.key=value ...]
-Resumes from the latest checkpoint in --workdir if there is one.
+Resumes from the newest good checkpoint in --workdir if there is one. The full
+log goes to WORKDIR/train.log; mistakes in the input are one line on the
+console (ZSI_TRACEBACK=1 shows the traceback).
 """
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from zsi_jax import config_check
+from zsi_jax import cli, config_check
 from zsi_jax.data import datasets
 from zsi_jax.training import loop
+
+logger = logging.getLogger('zsi_jax.train')
 
 config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
 flags.DEFINE_string('workdir', None, 'where checkpoints and logs go')
@@ -24,6 +29,7 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
+  cli.setup_logging()
   import jax
   if FLAGS.distributed:
     if jax.config.jax_platforms == 'cpu':
@@ -31,7 +37,8 @@ def main(_):
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  logging.getLogger().setLevel(logging.INFO)
+  if jax.process_index() == 0:
+    cli.log_to_file(os.path.join(FLAGS.workdir, 'train.log'))
   run(FLAGS.config, FLAGS.workdir)
 
 
@@ -63,7 +70,7 @@ def make_eval_fn(config, info):
 
   def eval_fn(state, step):
     if jax.process_count() > 1:
-      logging.warning('periodic evaluation runs single-process only; skipped at step %d', step)
+      logger.warning('periodic evaluation runs single-process only; skipped at step %d', step)
       return {}
     variables = {'params': state.params, **state.model_state}
     m = runner.evaluate_variables(config, variables, info, 'seen', step,
@@ -75,4 +82,4 @@ def make_eval_fn(config, info):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main, errors=(loop.NonFiniteLossError,)), flags_parser=cli.parse_flags)

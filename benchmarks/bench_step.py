@@ -26,8 +26,14 @@ same number of CPU threads. Measured after compilation / warm-up:
            steps (it must not);
   peak memory: process max RSS on the CPU, allocator peak on a GPU.
 
+Each side runs --repeats times, alternating (zsi_jax, torchvision, zsi_jax,
+...), each time in a fresh subprocess: the report gives every number's median
+over the repetitions and each ratio's median with its min-max, so no verdict
+rests on one pair of runs on a noisy machine. The host's CPU model and flags
+(lscpu) are recorded with the results (--json).
+
 Usage:
-  python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5]
+  python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5] [--repeats 3]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
       [--set model.conv_impl=conv ...]
@@ -371,7 +377,32 @@ def run_side_subprocess(args, side: str) -> dict:
   return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def report(results, args) -> str:
+def summarise(side_runs):
+  """One side's repetitions -> medians of its numbers, with ``<key>_range`` (min, max)."""
+  out = dict(side_runs[0])
+  for key, value in side_runs[0].items():
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      values = [r[key] for r in side_runs]
+      out[key] = float(np.median(values))
+      out[f'{key}_range'] = (float(min(values)), float(max(values)))
+  return out
+
+
+def host_description() -> dict:
+  """The CPU model and flags (``lscpu``) and the accelerator, for every measurement."""
+  host = dict(cores=os.cpu_count(), model='unknown', flags='')
+  try:
+    lines = subprocess.run(['lscpu'], capture_output=True, text=True).stdout.splitlines()
+    fields = {k.strip(): v.strip() for k, v in (l.split(':', 1) for l in lines if ':' in l)}
+    host.update(model=fields.get('Model name', 'unknown'), flags=fields.get('Flags', ''))
+  except OSError:
+    pass
+  return host
+
+
+def report(results, args, runs=None) -> str:
+  """A table of both sides; with ``runs`` (the repetitions), each ratio is the
+  median of the per-repetition ratios with its min-max."""
   rows = [('train step (s)', 'train_step_s', '{:.3f}'), ('train img/s', 'train_img_per_s', '{:.2f}'),
           ('infer img/s', 'infer_img_per_s', '{:.2f}'),
           ('infer img/s, device paste', 'infer_device_paste_img_per_s', '{:.2f}'),
@@ -385,25 +416,28 @@ def report(results, args) -> str:
   sides = [r['side'] for r in results]
   lines = [f"size {args.size}, batch {args.batch}, {args.dtype}, threads {args.threads}, "
            f"device {results[0]['device']}",
-           f"{'':28s}" + ''.join(f'{s:>16s}' for s in sides) + ('     ratio' if len(sides) == 2 else '')]
+           f"{'':33s}" + ''.join(f'{s:>16s}' for s in sides) +
+           ('     ratio' if len(sides) == 2 else '')]
+  # torchvision has one inference number; the device-paste row compares with it.
+  reference = lambda key: 'infer_img_per_s' if key == 'infer_device_paste_img_per_s' else key
   for label, key, fmt in rows:
     vals = [r.get(key) for r in results]
-    # torchvision has one inference number; the device-paste row compares with it.
-    ref = [r.get('infer_img_per_s') for r in results] if key == 'infer_device_paste_img_per_s' \
-        else vals
-    ratio = (vals[0] / ref[1] if len(vals) == 2 and None not in (vals[0], ref[1])
-             and key.endswith('per_s') else None)
     fmt_one = lambda v: ('-' if v is None else '/'.join(fmt.format(x) for x in v)
                          if isinstance(v, list) else fmt.format(v))
-    line = f'{label:28s}' + ''.join(f'{fmt_one(v):>16s}' for v in vals)
-    if ratio is not None:
-      line += f'  {ratio:8.2f}x'
+    line = f'{label:33s}' + ''.join(f'{fmt_one(v):>16s}' for v in vals)
+    if len(vals) == 2 and key.endswith('per_s') and None not in (vals[0],
+                                                                  results[1].get(reference(key))):
+      if runs:
+        ratios = [r[0][key] / r[1][reference(key)] for r in runs]
+        line += f'  {np.median(ratios):5.2f}x ({min(ratios):.2f}-{max(ratios):.2f})'
+      else:
+        line += f'  {vals[0] / results[1][reference(key)]:8.2f}x'
     lines.append(line)
   for r in results:
     if 'recompiles_during_steps' in r:
       lines.append(f"{r['side']}: compilations during the timed steps: "
-                   f"{r['recompiles_during_steps']}; train-step cache entries: "
-                   f"{r['train_cache_size']}")
+                   f"{r['recompiles_during_steps']:g}; train-step cache entries: "
+                   f"{r['train_cache_size']:g}")
   return '\n'.join(lines)
 
 
@@ -430,6 +464,9 @@ def main():
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='zsi_jax: override a config field, e.g. '
                       'model.conv_impl=conv (repeatable; A/B runs)')
+  p.add_argument('--repeats', type=int, default=3,
+                 help='invocations of each side, alternating (A B A B ...); the report gives '
+                      'the median of each number and of the ratios, with their min-max')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()
@@ -442,14 +479,23 @@ def main():
       torch.set_num_threads(args.threads)
       print(json.dumps(run_torch(args)))
     return
-  results = [run_side_subprocess(args, s) for s in args.sides.split(',')]
+  sides = args.sides.split(',')
+  runs = []                           # one [jax, torch] list per repetition, in run order
+  for i in range(args.repeats):
+    runs.append([run_side_subprocess(args, s) for s in sides])
+    print(f'repetition {i + 1}/{args.repeats}:\n{report(runs[-1], args)}\n', flush=True)
+  results = [summarise([r[k] for r in runs]) for k in range(len(sides))]
+  host = host_description()
   if args.json:
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
+                              repeats=args.repeats, host=host, runs=runs,
                               results=results)) + '\n')
-  print(report(results, args))
+  print(f"host: {host['model']} ({host['cores']} cores)")
+  print(f'median of {args.repeats} alternating repetitions (min-max):')
+  print(report(results, args, runs))
 
 
 if __name__ == '__main__':

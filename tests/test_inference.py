@@ -35,10 +35,23 @@ def trained(tmp_path_factory):
                                             min_radius=8, max_radius=14, vector_dim=16),
                   log=lambda *_: None)
   workdir = str(base / 'run')
-  _run(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
-        f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3',
-        '--config.eval_every=3', '--config.eval_images=2'])
+  r = _run(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+            f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3',
+            '--config.eval_every=3', '--config.eval_images=2'])
+  with open(os.path.join(workdir, 'console.txt'), 'w') as f:
+    f.write(r.stderr)
   return data, workdir
+
+
+def test_console_shows_progress_and_the_log_file_the_rest(trained):
+  # orbax's and absl's INFO lines go to WORKDIR/train.log only; the console
+  # keeps the progress bar and this package's own messages.
+  _, workdir = trained
+  console = open(os.path.join(workdir, 'console.txt')).read()
+  log = open(os.path.join(workdir, 'train.log')).read()
+  assert 'train: 100%' in console and 'train: 8 images' in console
+  assert 'CheckpointManager' not in console and 'checkpoint_manager' not in console
+  assert 'CheckpointManager' in log and 'train: 8 images' in log
 
 
 def test_periodic_evaluation_is_logged(trained):

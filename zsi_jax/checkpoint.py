@@ -3,20 +3,26 @@
 Training, evaluation and inference all read checkpoints through this module.
 Orbax writes each step into a temporary directory and renames it when the
 save is complete, so a crash mid-save leaves the previous checkpoint as the
-latest good one. The data position needs no state of its own: the input order
+latest good one. Restoring verifies what it reads: a checkpoint damaged later
+(a truncated file, lost metadata, non-finite values) is reported by step and
+the newest good one is used instead. The data position needs no state of its own: the input order
 is a pure function of (seed, step), so restoring the step restores the iterator.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from zsi_jax import config_check
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = 'config.json'
 
@@ -44,29 +50,105 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, every: int,
   return manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[int] = None):
-  """Restores the given (or latest) step into the structure and shardings of ``abstract_state``.
+class CheckpointError(ValueError):
+  """A checkpoint that does not exist, cannot be read, or holds non-finite values."""
 
-  Returns (state, step) or (None, None) when there is no checkpoint.
+
+def available_steps(manager: ocp.CheckpointManager):
+  """The steps of complete checkpoints, oldest first."""
+  return sorted(manager.all_steps())
+
+
+def _first_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0][:300] if lines else type(error).__name__
+
+
+def _read(manager: ocp.CheckpointManager, step: int, args):
+  """One checkpoint, verified: readable and every float array finite."""
+  where = os.path.join(str(manager.directory), str(step))
+  try:
+    state = manager.restore(step, args=args)
+  except Exception as e:  # orbax, TensorStore and OS errors alike mean: unreadable
+    raise CheckpointError(f'checkpoint {step} ({where}) cannot be read: {_first_line(e)}') from e
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    value = np.asarray(leaf)
+    if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+      raise CheckpointError(f'checkpoint {step} ({where}) holds non-finite values in '
+                            f'{jax.tree_util.keystr(path)}')
+  return state
+
+
+def _newest_good(manager: ocp.CheckpointManager, args, set_aside: bool):
+  """(state, step) of the newest readable checkpoint, or (None, None) when there is none.
+
+  Each damaged one on the way is reported; with ``set_aside`` it is renamed
+  to ``<step>.damaged`` (never deleted), so training can write that step anew.
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return None, None
+  steps = available_steps(manager)
+  damaged = []
+  for step in reversed(steps):
+    try:
+      state = _read(manager, step, args)
+    except CheckpointError as e:
+      damaged.append(step)
+      older = [s for s in steps if s < step]
+      logger.warning('%s; %s', e, f'falling back to step {older[-1]}' if older
+                     else 'no older checkpoint')
+      if set_aside:
+        folder = os.path.join(str(manager.directory), str(step))
+        os.replace(folder, f'{folder}.damaged')
+        logger.warning('moved the damaged checkpoint to %s.damaged', folder)
+      continue
+    if damaged:
+      logger.warning('restored checkpoint %d (newer damaged: %s)', step,
+                     ', '.join(map(str, damaged)))
+    if set_aside and damaged:
+      manager.reload()
+    return state, step
+  if damaged:
+    if set_aside:
+      manager.reload()
+    raise CheckpointError(f'every checkpoint in {manager.directory} is damaged '
+                          f'({", ".join(map(str, damaged))}); see the warnings above')
+  return None, None
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any):
+  """The newest good checkpoint in the structure and shardings of ``abstract_state``.
+
+  A damaged newer checkpoint is reported, moved aside and skipped (training
+  then repeats the steps after the older one). Returns (state, step), or
+  (None, None) when there is no checkpoint.
+  """
   target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  return state, step
+  return _newest_good(manager, ocp.args.StandardRestore(target), set_aside=True)
 
 
 def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[str, Any], int]:
   """Model variables (params + other collections) of a checkpoint, without the optimiser.
 
-  Returns (variables, step); ``step`` defaults to the latest.
+  ``step`` defaults to the newest good checkpoint (damaged newer ones are
+  reported and skipped, not moved). Returns (variables, step).
   """
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
-  state = manager.restore(step, args=ocp.args.StandardRestore())
+  folder = checkpoint_dir(workdir)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'no checkpoint in {folder}')
+  manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    steps = available_steps(manager)
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {folder}')
+    args = ocp.args.StandardRestore()
+    if step is None:
+      state, step = _newest_good(manager, args, set_aside=False)
+    elif step not in steps:
+      raise CheckpointError(f'no checkpoint {step} in {folder}; available: '
+                            f'{", ".join(map(str, steps))}')
+    else:
+      state = _read(manager, step, args)
+  finally:
+    manager.close()
   return {'params': state['params'], **state['model_state']}, step
 
 

@@ -46,7 +46,10 @@ def model_config() -> ml_collections.ConfigDict:
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)
   c.test = dict(score_threshold=0.05, nms_threshold=0.5, max_detections=100, pre_nms_topk=1000,
-                mask_threshold=0.5, scoring='direct')
+                mask_threshold=0.5, scoring='direct',
+                # GZSI calibrated stacking: seen-class scores lowered by this much
+                # before the threshold, NMS and top-k (ClassSpace.calibrate).
+                seen_calibration=0.0)
   return c
 
 

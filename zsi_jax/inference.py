@@ -22,33 +22,31 @@ import numpy as np
 from PIL import Image
 
 from zsi_jax import checkpoint as ckpt_lib
-from zsi_jax.data import datasets
+from zsi_jax.data import datasets, images
 from zsi_jax.data import word_vectors as wv_lib
 from zsi_jax.data.input_pipeline import prepare_image
-from zsi_jax.evaluation.results import to_original_boxes
 from zsi_jax.modeling.build import build_model
 from zsi_jax.modeling.class_space import pad_class_vectors
 from zsi_jax.modeling.zsi import ZSIModel
-from zsi_jax.ops.postprocess import paste_masks
+from zsi_jax.ops.postprocess import paste_masks, to_original_boxes
 
 ImageLike = Union[str, np.ndarray, Image.Image]
 
 
 def load_image(image: ImageLike) -> np.ndarray:
-  """A path, PIL image or array -> [H, W, 3] uint8 RGB."""
+  """A path, PIL image or array -> [H, W, 3] uint8 RGB (any mode Pillow reads)."""
   if isinstance(image, str):
-    try:
-      with Image.open(image) as im:
-        return np.asarray(im.convert('RGB'))
-    except FileNotFoundError:
-      raise FileNotFoundError(f'image not found: {image}') from None
-    except OSError as e:
-      raise ValueError(f'cannot decode image {image}: {e}') from e
+    return images.decode(image, image)
   if isinstance(image, Image.Image):
-    return np.asarray(image.convert('RGB'))
+    return images.to_rgb8(image, 'the image')
   arr = np.asarray(image)
   if arr.ndim != 3 or arr.shape[2] != 3:
     raise ValueError(f'expected an [H, W, 3] RGB image, got shape {arr.shape}')
+  if arr.dtype != np.uint8:
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)) or \
+       arr.min() < 0 or arr.max() > 255:
+      raise ValueError(f'expected uint8 RGB values in 0..255, got dtype {arr.dtype} with '
+                       'values outside that range')
   return arr.astype(np.uint8)
 
 
@@ -99,7 +97,8 @@ class Predictor:
       info = datasets.load_dataset(root, vectors or config.data.vectors)
     except FileNotFoundError as e:
       raise FileNotFoundError(f'{e}. The predictor needs the dataset the model was trained on '
-                              f'(class names and vectors); pass data_root=') from None
+                              '(class names and vectors): pass data_root= (predict.py and '
+                              'eval.py: --data_root)') from None
     variables, step = ckpt_lib.restore_variables(workdir, step)
     return cls(config, variables, info, step, **kwargs)
 
@@ -137,15 +136,16 @@ class Predictor:
       model = self.model
       sv, sm = self._seen
 
-      def run(variables, image, hw, cv, cm):
+      def run(variables, image, hw, cv, cm, gamma):
         return model.apply(variables, image, hw, cv, cm, seen_vectors=sv, seen_valid=sm,
-                           scoring=scoring, method=ZSIModel.detect)
+                           scoring=scoring, seen_calibration=gamma, method=ZSIModel.detect)
       self._detect[scoring] = jax.jit(run)
     return self._detect[scoring]
 
   def predict(self, image: ImageLike, class_names: Optional[Sequence[str]] = None,
               class_vectors: Optional[np.ndarray] = None, score_threshold: float = 0.3,
-              scoring: Optional[str] = None) -> Dict[str, object]:
+              scoring: Optional[str] = None,
+              seen_calibration: Optional[float] = None) -> Dict[str, object]:
     """Detects and segments the given classes in one image.
 
     Args:
@@ -157,11 +157,20 @@ class Predictor:
       score_threshold: detections below it are dropped (the model's own
         threshold, config.model.test.score_threshold, applies first).
       scoring: 'direct' or 'projected' (default: the config's).
+      seen_calibration: gamma in [-1, 1]: when the list holds seen and unseen
+        classes, seen-class scores are lowered by gamma (unseen by -gamma when
+        negative) before ranking (default: the config's
+        ``model.test.seen_calibration``); the scores returned are the
+        calibrated ones. Any gamma reuses the compiled detector.
     Returns:
       dict of ``boxes`` [N, 4] xyxy float (original pixels), ``scores`` [N],
       ``labels`` [N] (index into the class list), ``class_names`` (list of N
       names), ``masks`` [N, H, W] bool, ``classes`` (the class list).
     """
+    gamma = (self.config.model.test.seen_calibration if seen_calibration is None
+             else float(seen_calibration))
+    if not -1.0 <= gamma <= 1.0:
+      raise ValueError(f'seen_calibration={gamma}: must be in [-1, 1]')
     img = load_image(image)
     if class_vectors is not None:
       vecs = np.asarray(class_vectors, np.float32)
@@ -181,7 +190,7 @@ class Predictor:
     hw = np.asarray(hw, np.int32)
     det = self._detector(scoring or self.config.model.test.scoring)(
         self.variables, jnp.asarray(canvas[None]), jnp.asarray(hw[None]), jnp.asarray(cv),
-        jnp.asarray(cm))
+        jnp.asarray(cm), np.float32(gamma))
     det = {k: np.asarray(v[0]) for k, v in jax.device_get(det).items()}
     keep = det['valid'] & (det['scores'] >= score_threshold)
     boxes = to_original_boxes(det['boxes'][keep], s, img.shape[:2])

@@ -94,3 +94,48 @@ def grid(pictures: Sequence[Image.Image], columns: int = 4, pad: int = 4,
     if captions:
       draw.text((x, y), captions[k], fill=(0, 0, 0))
   return out
+
+
+def calibration_curve(sweep: Dict[str, object], size: int = 480) -> Image.Image:
+  """The seen-unseen curve of a GZSI calibration sweep (``runner.calibration_sweep``).
+
+  Unseen mAP against seen mAP (both 0..1) for boxes and masks; the point at
+  gamma = 0 is a filled circle, the oracle best harmonic mean a square. The
+  legend gives each curve's AUSUC.
+  """
+  margin, top = 56, 40
+  w = h = size
+  img = Image.new('RGB', (w + margin + 20, h + margin + top), 'white')
+  draw = ImageDraw.Draw(img)
+  x0, y0 = margin, top + h                                      # the origin, in pixels
+  to_px = lambda s, u: (x0 + s * w, y0 - u * h)
+  draw.rectangle([x0, top, x0 + w, y0], outline=(0, 0, 0))
+  for t in np.linspace(0, 1, 6):
+    draw.line([to_px(t, 0), (to_px(t, 0)[0], y0 + 4)], fill=(0, 0, 0))
+    draw.text((to_px(t, 0)[0] - 8, y0 + 8), f'{t:.1f}', fill=(0, 0, 0))
+    draw.line([to_px(0, t), (x0 - 4, to_px(0, t)[1])], fill=(0, 0, 0))
+    draw.text((x0 - 30, to_px(0, t)[1] - 6), f'{t:.1f}', fill=(0, 0, 0))
+  draw.text((x0 + w // 2 - 40, y0 + 26), 'seen mAP@0.5', fill=(0, 0, 0))
+  draw.text((4, top - 24), 'unseen mAP@0.5', fill=(0, 0, 0))
+  legend = []
+  for kind, color in (('box', (31, 119, 180)), ('mask', (214, 39, 40))):
+    curve = sweep[kind]
+    points = [to_px(s, u) for s, u in zip(curve['seen_map'], curve['unseen_map'])
+              if s == s and u == u]
+    if len(points) > 1:
+      draw.line(points, fill=color, width=2)
+    gammas = np.asarray(curve['gammas'])
+    zero = int(np.argmin(np.abs(gammas)))
+    px, py = to_px(curve['seen_map'][zero], curve['unseen_map'][zero])
+    draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=color)
+    best = int(np.argmin(np.abs(gammas - curve['best_gamma'])))
+    px, py = to_px(curve['seen_map'][best], curve['unseen_map'][best])
+    draw.rectangle([px - 5, py - 5, px + 5, py + 5], outline=color, width=2)
+    legend.append((f"{kind}: AUSUC {100 * curve['ausuc_map']:.1f}, HM {100 * curve['hm_map'][zero]:.1f}"
+                   f" at gamma 0, oracle best {100 * curve['best_hm_map']:.1f} "
+                   f"at {curve['best_gamma']:.2f}", color))
+  for i, (text, color) in enumerate(legend):
+    draw.text((x0 + 8, top + 8 + 14 * i), text, fill=color)
+  draw.text((x0 + 8, top + 8 + 14 * len(legend)), 'circle: gamma 0; square: oracle best HM',
+            fill=(0, 0, 0))
+  return img

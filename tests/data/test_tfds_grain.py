@@ -177,7 +177,7 @@ def test_overflow_is_counted(data, caplog):
     batches = list(ld.eval_iterator())
   expected = sum(max(len(v) - 1, 0) for v in anns.values())
   assert expected > 0
-  assert ld.dropped == expected == sum(int(b['num_dropped'].sum()) for b in batches)
+  assert ld.dropped.total == expected == sum(int(b['num_dropped'].sum()) for b in batches)
   assert 'beyond max_instances=1' in caplog.text
   # The largest instance is the one kept.
   for b in batches:

@@ -100,3 +100,31 @@ def test_matches_stock_cocoeval_at_iou_05():
   np.testing.assert_allclose(ours['recall'][1], stock_recall)
   stock_ap = ev.eval['precision'][0, :, :, 0, 2].mean(axis=0)
   np.testing.assert_allclose(ours['ap'][1], stock_ap)
+
+
+def test_ausuc_is_the_area_under_known_curves():
+  # A straight line from (1, 0) to (0, 1): area 1/2; a staircase; unsorted input;
+  # NaN points left out; a single point has no area.
+  assert protocol.ausuc([0.0, 0.5, 1.0], [1.0, 0.5, 0.0]) == pytest.approx(0.5)
+  assert protocol.ausuc([1.0, 0.0, 0.5], [0.0, 1.0, 0.5]) == pytest.approx(0.5)
+  # (0, .8) -> (.4, .8) -> (.6, .2) -> (1, 0): .32 + .2 * .5 + .4 * .1 = .46
+  assert protocol.ausuc([0.0, 0.4, 0.6, 1.0], [0.8, 0.8, 0.2, 0.0]) == pytest.approx(0.46)
+  assert protocol.ausuc([0.0, float('nan'), 1.0], [1.0, 0.3, 0.0]) == pytest.approx(0.5)
+  assert math.isnan(protocol.ausuc([0.3], [0.4]))
+
+
+def test_load_ground_truth_checks_what_scoring_reads(tmp_path):
+  import json
+  good = dict(images=[dict(id=1, height=10, width=10, file_name='a.png')],
+              annotations=[dict(id=1, image_id=1, category_id=2, bbox=[0, 0, 4, 4], area=16,
+                                segmentation=[[0, 0, 4, 0, 4, 4]], iscrowd=0)],
+              categories=[dict(id=2, name='x')])
+  path = tmp_path / 'gt.json'
+  path.write_text(json.dumps(good))
+  assert protocol.load_ground_truth(str(path), [2]).getAnnIds() == [1]
+  with pytest.raises(ValueError, match=r'categories \[3\] are evaluated but not listed'):
+    protocol.load_ground_truth(str(path), [2, 3])
+  del good['annotations'][0]['area']
+  path.write_text(json.dumps(good))
+  with pytest.raises(ValueError, match=r"gt.json: annotation 1 lacks \['area'\]"):
+    protocol.load_ground_truth(str(path), [2])

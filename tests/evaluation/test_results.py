@@ -5,15 +5,6 @@ from pycocotools import mask as mask_utils
 from zsi_jax.evaluation import results
 
 
-def test_boxes_back_to_original_and_flip():
-  b = np.array([[10.0, 20.0, 50.0, 60.0]])
-  np.testing.assert_allclose(results.to_original_boxes(b, 2.0, (100, 100)), [[5, 10, 25, 30]])
-  np.testing.assert_allclose(results.to_original_boxes(b, 2.0, (100, 100), True, 200),
-                             [[75, 10, 95, 30]])
-  np.testing.assert_allclose(results.to_original_boxes(np.array([[-5., 0, 500, 90]]), 1.0,
-                                                       (80, 100)), [[0, 0, 100, 80]])
-
-
 def test_image_results_masks_and_ids():
   m = np.zeros((3, 28, 28), np.float32)
   m[:, 7:21, 7:21] = 0.9  # the central half of each box

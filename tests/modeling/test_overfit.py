@@ -27,7 +27,7 @@ def test_overfit_two_images(tmp_path):
   from zsi_jax.data import datasets
   info = datasets.load_dataset(str(tmp_path))
   recs, _ = ip.load_coco(info.annotation_file('train'), info.image_dir('train'), info.cat_ids(info.seen))
-  batch = ip._stack([ip.make_example(r, (64, 64), (64, 64), 4, 28, False) for r in recs])
+  batch = ip.stack([ip.make_example(r, (64, 64), (64, 64), 4, 28, False) for r in recs])
   c = tiny.get_config()
   # lr 0.02 (the shapes config's) is too high for heads this narrow: the
   # reconstruction losses then collapse the box-head features to a constant

@@ -210,3 +210,34 @@ def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
       lambda path, a, b: np.testing.assert_allclose(
           a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
           err_msg=jax.tree_util.keystr(path)), g2, g1)
+
+
+def test_seen_calibration(setup):
+  # GZSI list: 3 seen and 3 unseen targets. gamma 0 is no calibration at all
+  # (bit for bit); gamma 1 leaves only unseen detections, gamma -1 only seen
+  # (score threshold 0, so every class would pass on its score).
+  cfg, _, variables, vecs = setup
+  c = cfg.copy_and_resolve_references()
+  c.test.score_threshold = 0.0
+  model = tiny_model(c, vecs, training=False)
+  batch = make_batch(np.random.default_rng(6))
+  seen, seen_valid = vecs, np.arange(K_MAX) < 3
+  detect = jax.jit(lambda v, im, hw, gamma: model.apply(
+      v, im, hw, vecs, np.ones(K_MAX, bool), seen_vectors=seen, seen_valid=seen_valid,
+      seen_calibration=gamma, method=ZSIModel.detect))
+  plain = jax.jit(lambda v, im, hw: model.apply(v, im, hw, vecs, np.ones(K_MAX, bool),
+                                                method=ZSIModel.detect))(
+      variables, batch['image'], batch['input_hw'])
+  out = {g: jax.device_get(detect(variables, batch['image'], batch['input_hw'], np.float32(g)))
+         for g in (0.0, 1.0, -1.0)}
+  for k in plain:
+    np.testing.assert_array_equal(out[0.0][k], np.asarray(plain[k]), err_msg=k)
+  for gamma, group in ((1.0, range(3, 6)), (-1.0, range(3))):
+    valid, classes = out[gamma]['valid'], out[gamma]['classes']
+    assert valid.sum() > 0 and set(classes[valid].tolist()) <= set(group), (gamma, classes)
+  # Without seen vectors there is nothing to calibrate.
+  model_no_seen = jax.jit(lambda v, im, hw: model.apply(
+      v, im, hw, vecs, np.ones(K_MAX, bool), seen_calibration=1.0, method=ZSIModel.detect))
+  np.testing.assert_array_equal(
+      np.asarray(model_no_seen(variables, batch['image'], batch['input_hw'])['classes']),
+      np.asarray(plain['classes']))

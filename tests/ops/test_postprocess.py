@@ -7,7 +7,8 @@ import torchvision
 from hypothesis import given, settings, strategies as st
 from torchvision.models.detection._utils import BoxCoder
 
-from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded, postprocess_detections
+from zsi_jax.ops.postprocess import (paste_masks, paste_masks_padded, postprocess_detections,
+                                     to_original_boxes)
 
 
 def _reference(rois, valid, scores, deltas, hw, thr, nms_thr, max_det, pre):
@@ -169,3 +170,12 @@ def test_paste_masks_close_to_torchvision():
     x1, y1, x2, y2 = boxes[i].astype(int)
     assert (got[i][y1:y2, x1:x2] == ref[i][y1:y2, x1:x2]).mean() > 0.95
     assert not got[i][:, :x1 - 3].any() and not got[i][:, x2 + 3:].any()
+
+
+def test_boxes_back_to_original_and_flip():
+  b = np.array([[10.0, 20.0, 50.0, 60.0]])
+  np.testing.assert_allclose(to_original_boxes(b, 2.0, (100, 100)), [[5, 10, 25, 30]])
+  np.testing.assert_allclose(to_original_boxes(b, 2.0, (100, 100), True, 200),
+                             [[75, 10, 95, 30]])
+  np.testing.assert_allclose(to_original_boxes(np.array([[-5., 0, 500, 90]]), 1.0, (80, 100)),
+                             [[0, 0, 100, 80]])

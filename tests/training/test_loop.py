@@ -87,3 +87,42 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path):
           total_steps=5)
   # The last good checkpoint (step 2) is intact.
   assert ckpt_lib.make_manager(str(tmp_path), 2, 3).latest_step() == 2
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+  bad = dict(BATCHES[0])
+  bad['image'] = np.full_like(bad['image'], np.nan)
+
+  def it(start):
+    while True:
+      yield bad
+  with pytest.raises(NonFiniteLossError, match='no checkpoint has been written yet'):
+    train(_config(checkpoint_every=2), str(tmp_path), _data(), it, steps_per_epoch=10,
+          total_steps=5)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, caplog):
+  # Steps 2 and 4 saved; step 4's data files truncated. The resumed run says
+  # so, moves step 4 aside (never deleting it or step 2) and trains on from
+  # step 2, to the same parameters as a run that was never damaged.
+  workdir = str(tmp_path / 'w')
+  straight = train(_config(checkpoint_every=2), str(tmp_path / 's'), _data(), _iterator,
+                   steps_per_epoch=3, total_steps=6)
+  train(_config(checkpoint_every=2), workdir, _data(), _iterator, steps_per_epoch=3,
+        total_steps=4)
+  step4 = os.path.join(ckpt_lib.checkpoint_dir(workdir), '4')
+  for base, _, files in os.walk(step4):
+    for name in files:
+      if os.path.basename(base) == 'd':
+        with open(os.path.join(base, name), 'r+b') as f:
+          f.truncate(10)
+  with caplog.at_level('WARNING'):
+    resumed = train(_config(checkpoint_every=2), workdir, _data(), _iterator, steps_per_epoch=3,
+                    total_steps=6)
+  assert 'checkpoint 4' in caplog.text and 'falling back to step 2' in caplog.text
+  assert os.path.isdir(step4 + '.damaged')
+  assert sorted(os.listdir(ckpt_lib.checkpoint_dir(workdir))) == ['2', '4', '4.damaged', '6']
+  assert int(resumed.step) == 6
+  for x, y in zip(jax.tree_util.tree_leaves(straight.params),
+                  jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)

@@ -79,11 +79,21 @@ def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
     raise FileNotFoundError(f'{path} not found: generate the dataset first '
                             f'(python data_prep/make_shapes.py --out {root})')
   with open(path) as f:
-    split = json.load(f)
+    try:
+      split = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not valid JSON: {e}') from None
   for key in ('seen', 'unseen', 'category_ids'):
     if key not in split:
       raise ValueError(f'{path}: missing {key!r}')
-  missing = [n for n in split['seen'] + split['unseen'] if n not in split['category_ids']]
+  both = sorted(set(split['seen']) & set(split['unseen']))
+  if both:
+    raise ValueError(f'{path}: {both} both seen and unseen; a class is one or the other')
+  names = split['seen'] + split['unseen']
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f'{path}: {repeated} listed more than once')
+  missing = [n for n in names if n not in split['category_ids']]
   if missing:
     raise ValueError(f'{path}: no category id for {missing}')
   vecs, bg = read_vector_file(os.path.join(root, vectors), len(split['seen']) + len(split['unseen']))

@@ -5,10 +5,10 @@ A drop-in for :class:`input_pipeline.Loader`: the same examples
 ``loop.train`` and a run may even switch between them when it resumes.
 
 Order is a pure function of (seed, step): global step ``s`` holds positions
-``s*B .. s*B+B-1`` of an endless stream of seeded per-epoch permutations
-(:func:`input_pipeline.train_order`, which also draws each position's flip),
+``s*B .. s*B+B-1`` of an endless stream of seeded per-epoch permutations,
 and shard ``i`` of ``n`` (one per process) takes slice ``i`` of every global
-batch. Batches are whole grain elements, so worker processes each build whole
+batch (:class:`input_pipeline.BatchPlan`, shared with the threaded loader).
+Batches are whole grain elements, so worker processes each build whole
 batches and the output does not depend on ``worker_count``.
 
   source = tfds_coco.load_source(out_dir, 'train')
@@ -20,49 +20,34 @@ Scripts that use ``worker_count > 0`` need an ``if __name__ == '__main__':`` gua
 """
 from __future__ import annotations
 
-import logging
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
 
 from zsi_jax.data import tfds_coco
-from zsi_jax.data.input_pipeline import _stack, make_example, read_image, train_order
+from zsi_jax.data.input_pipeline import (BatchPlan, DroppedInstances, blank_example, make_example,
+                                         read_image, stack)
 
 # Long enough to never run out (2**62 examples); grain datasets are lazy.
 _ENDLESS = 2 ** 62
 
 
-def blank_example(image_size: Tuple[int, int], max_instances: int,
-                  mask_size: int) -> Dict[str, np.ndarray]:
-  """The padding example of eval batches: all zeros, image_id and classes -1."""
-  g = max_instances
-  return dict(image=np.zeros(tuple(image_size) + (3,), np.float32),
-              gt_boxes=np.zeros((g, 4), np.float32), gt_classes=np.full((g,), -1, np.int32),
-              gt_crowd=np.zeros((g,), bool), gt_masks=np.zeros((g, mask_size, mask_size), np.uint8),
-              gt_valid=np.zeros((g,), bool), image_id=np.int64(-1),
-              orig_hw=np.zeros((2,), np.int32), input_hw=np.zeros((2,), np.int32),
-              scale=np.float32(0), flipped=np.bool_(False), num_dropped=np.int32(0))
-
-
 class _Positions(grain.transforms.Map):
   """Example number ``e`` of this shard -> (record index, flip); record -1 = padding.
 
-  Train: step ``start + e // local``, slot ``e % local`` of this shard's slice.
-  Eval: the same slicing of one sequential pass over the ``n`` records.
+  Train: step ``start_step + e // local``, slot ``e % local`` of the plan.
+  Eval: the same slots of one sequential pass.
   """
 
-  def __init__(self, n, batch_size, local, shard_index, seed, start_step, train):
-    self.n, self.batch_size, self.local = n, batch_size, local
-    self.shard_index, self.seed, self.start_step, self.train = (
-        shard_index, seed, start_step, train)
+  def __init__(self, plan: BatchPlan, start_step: int, train: bool):
+    self.plan, self.start_step, self.train = plan, start_step, train
 
   def map(self, e):
-    step, slot = divmod(int(e), self.local)
-    p = (self.start_step + step) * self.batch_size + self.shard_index * self.local + slot
+    step, slot = divmod(int(e), self.plan.local)
     if self.train:
-      return train_order(p, self.n, self.seed)
-    return (p if p < self.n else -1), False
+      return self.plan.train_item(self.start_step + step, slot)
+    return self.plan.eval_item(step, slot), False
 
 
 class _Example(grain.transforms.Map):
@@ -101,39 +86,33 @@ class GrainLoader:
                max_instances: int, mask_size: int, train: bool, seed: int = 0,
                shard_options: Optional[grain.sharding.ShardOptions] = None,
                worker_count: int = 0, num_threads: int = 2, prefetch: int = 2):
-    if len(source) == 0:
-      raise ValueError('the dataset has no images')
     if shard_options is None:
       import jax
       shard_options = grain.sharding.ShardOptions(shard_index=jax.process_index(),
                                                   shard_count=jax.process_count())
     self.source = source
-    self.batch_size = batch_size
+    self.plan = BatchPlan(len(source), batch_size, shard_options.shard_index,
+                          shard_options.shard_count, seed)
     self.kw = dict(image_size=tuple(image_size), scale=tuple(scale),
                    max_instances=max_instances, mask_size=mask_size)
-    self.train, self.seed = train, seed
-    self.pi, self.pc = shard_options.shard_index, shard_options.shard_count
-    if batch_size % self.pc:
-      raise ValueError(f'batch size {batch_size} is not divisible by {self.pc} shards')
-    self.local = batch_size // self.pc
+    self.train = train
     self.worker_count, self.num_threads, self.prefetch = worker_count, num_threads, prefetch
-    self.dropped = 0
+    self.dropped = DroppedInstances(max_instances)
 
   @property
   def steps_per_epoch(self) -> int:
-    return -(-len(self.source) // self.batch_size)
+    return self.plan.steps_per_epoch
 
   def dataset(self, start_step: int = 0, train: Optional[bool] = None) -> grain.IterDataset:
     """The grain pipeline: training from ``start_step`` (endless) or one eval pass."""
     train = self.train if train is None else train
-    num = _ENDLESS if train else self.steps_per_epoch * self.local
+    num = _ENDLESS if train else self.steps_per_epoch * self.plan.local
     ds = (grain.MapDataset.range(num)
-          .map(_Positions(len(self.source), self.batch_size, self.local, self.pi, self.seed,
-                          start_step if train else 0, train))
+          .map(_Positions(self.plan, start_step if train else 0, train))
           .map(_Example(self.source, self.kw))
           # Batching before the iterator makes a batch one element: threads and
           # workers then split whole batches and never reorder their contents.
-          .batch(self.local, batch_fn=_stack))
+          .batch(self.plan.local, batch_fn=stack))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(self.num_threads, 1),
                                               prefetch_buffer_size=max(self.prefetch, 1)))
     if self.worker_count > 0:
@@ -146,19 +125,11 @@ class GrainLoader:
           num_workers=self.worker_count, per_worker_buffer_size=max(self.prefetch, 1)))
     return it
 
-  def _count(self, batch):
-    d = int(batch['num_dropped'].sum())
-    if d:
-      self.dropped += d
-      logging.warning('%d instances beyond max_instances=%d were cut from this batch '
-                      '(%d so far)', d, self.kw['max_instances'], self.dropped)
-
   def _iterate(self, ds) -> Iterator[Dict[str, np.ndarray]]:
     it = iter(ds)
     try:
       for batch in it:
-        self._count(batch)
-        yield batch
+        yield self.dropped(batch)
     finally:  # closing the generator stops grain's threads and worker processes
       it.close()
 
@@ -172,9 +143,9 @@ class GrainLoader:
 
   def batch(self, step: int) -> Dict[str, np.ndarray]:
     """This shard's slice of the global batch at ``step`` (training order)."""
-    pos = _Positions(len(self.source), self.batch_size, self.local, self.pi, self.seed, step, True)
+    pos = _Positions(self.plan, step, True)
     example = _Example(self.source, self.kw)
-    return _stack([example.map(pos.map(e)) for e in range(self.local)])
+    return stack([example.map(pos.map(e)) for e in range(self.plan.local)])
 
 
 def from_tfds(out_dir: str, split: str, **kwargs) -> GrainLoader:

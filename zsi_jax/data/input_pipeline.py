@@ -20,6 +20,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from zsi_jax.data import images
+
+logger = logging.getLogger(__name__)
+
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 
@@ -117,17 +121,12 @@ def crop_mask(mask: np.ndarray, box, size: int) -> np.ndarray:
 
 
 def read_image(source, image_id, name: str) -> np.ndarray:
-  """Decodes an image file (path) or its encoded bytes -> [H, W, 3] uint8.
+  """Decodes an image file (path) or its encoded bytes -> [H, W, 3] uint8 RGB.
 
-  Errors name the image id and ``name`` (the file).
+  Any mode Pillow reads is converted (``images.to_rgb8``); errors name the
+  image id and ``name`` (the file).
   """
-  try:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-      return np.asarray(im.convert('RGB'))
-  except FileNotFoundError:
-    raise FileNotFoundError(f'image {image_id}: file not found: {name}') from None
-  except OSError as e:
-    raise ValueError(f'image {image_id}: cannot decode {name}: {e}') from e
+  return images.decode(source, f'image {image_id} ({name})')
 
 
 def prepare_image(img: np.ndarray, image_size: Tuple[int, int], scale: Tuple[int, int],
@@ -201,12 +200,83 @@ def train_order(position: int, n: int, seed: int) -> Tuple[int, bool]:
           bool(np.random.default_rng([seed, epoch, i]).random() < 0.5))
 
 
-def _stack(examples):
+class BatchPlan:
+  """Which record fills each slot of this process's slice of each global batch.
+
+  The global batch of step ``s`` holds positions ``s*B .. s*B+B-1``; process
+  (shard) ``i`` of ``n`` takes the ``B/n`` positions starting at ``i*B/n``.
+  Training positions index an endless stream of seeded epochs (with a
+  seeded flip each); evaluation positions index the records in order, one
+  pass, the last batch padded with record -1.
+
+  Args:
+    num_records: records of the split.
+    batch_size: GLOBAL batch size.
+    shard_index, shard_count: this process and the number of processes.
+    seed: data order seed.
+  """
+
+  def __init__(self, num_records: int, batch_size: int, shard_index: int, shard_count: int,
+               seed: int = 0):
+    if num_records == 0:
+      raise ValueError('the dataset has no images')
+    if batch_size % shard_count:
+      raise ValueError(f'batch size {batch_size} is not divisible by {shard_count} processes')
+    self.num_records, self.batch_size, self.seed = num_records, batch_size, seed
+    self.shard_index, self.shard_count = shard_index, shard_count
+    self.local = batch_size // shard_count
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return -(-self.num_records // self.batch_size)
+
+  def _position(self, step: int, slot: int) -> int:
+    return step * self.batch_size + self.shard_index * self.local + slot
+
+  def train_item(self, step: int, slot: int) -> Tuple[int, bool]:
+    """(record index, flip) of a slot of step ``step``'s batch."""
+    return train_order(self._position(step, slot), self.num_records, self.seed)
+
+  def eval_item(self, step: int, slot: int) -> int:
+    """Record index of a slot of evaluation batch ``step``, or -1 for padding."""
+    p = self._position(step, slot)
+    return p if p < self.num_records else -1
+
+
+def blank_example(image_size: Tuple[int, int], max_instances: int,
+                  mask_size: int) -> Dict[str, np.ndarray]:
+  """The padding example of evaluation batches: all zeros, image_id and classes -1."""
+  g = max_instances
+  return dict(image=np.zeros(tuple(image_size) + (3,), np.float32),
+              gt_boxes=np.zeros((g, 4), np.float32), gt_classes=np.full((g,), -1, np.int32),
+              gt_crowd=np.zeros((g,), bool), gt_masks=np.zeros((g, mask_size, mask_size), np.uint8),
+              gt_valid=np.zeros((g,), bool), image_id=np.int64(-1),
+              orig_hw=np.zeros((2,), np.int32), input_hw=np.zeros((2,), np.int32),
+              scale=np.float32(0), flipped=np.bool_(False), num_dropped=np.int32(0))
+
+
+def stack(examples):
+  """Examples (dicts of arrays) -> one batch dict."""
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+class DroppedInstances:
+  """Counts instances beyond ``max_instances`` cut from batches, with a warning each time."""
+
+  def __init__(self, max_instances: int):
+    self.max_instances, self.total = max_instances, 0
+
+  def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    cut = int(np.sum(batch['num_dropped']))
+    if cut:
+      self.total += cut
+      logger.warning('%d instances beyond max_instances=%d were cut from this batch '
+                     '(%d so far)', cut, self.max_instances, self.total)
+    return batch
+
+
 class Loader:
-  """Batches of one COCO split.
+  """Batches of one COCO split, decoded by a thread pool.
 
   Args:
     records: from :func:`load_coco`.
@@ -223,47 +293,28 @@ class Loader:
                train, seed=0, process_index=None, process_count=None, num_threads=2):
     import jax
     self.records = records
-    if not records:
-      raise ValueError('the dataset has no images')
-    self.batch_size = batch_size
+    self.plan = BatchPlan(len(records), batch_size,
+                          jax.process_index() if process_index is None else process_index,
+                          jax.process_count() if process_count is None else process_count,
+                          seed)
     self.kw = dict(image_size=tuple(image_size), scale=tuple(scale),
                    max_instances=max_instances, mask_size=mask_size)
     self.train = train
-    self.seed = seed
-    self.pi = jax.process_index() if process_index is None else process_index
-    self.pc = jax.process_count() if process_count is None else process_count
-    if batch_size % self.pc:
-      raise ValueError(f'batch size {batch_size} is not divisible by {self.pc} processes')
-    self.local = batch_size // self.pc
     self.pool = concurrent.futures.ThreadPoolExecutor(max(num_threads, 1))
     # A separate single thread prefetches the next batch (it waits on self.pool,
     # so it must not occupy one of that pool's workers).
     self.prefetch = concurrent.futures.ThreadPoolExecutor(1)
-    self.dropped = 0
+    self.dropped = DroppedInstances(max_instances)
 
   @property
   def steps_per_epoch(self):
-    return -(-len(self.records) // self.batch_size)
-
-  def _train_positions(self, step):
-    pos = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
-    pos = pos[self.pi * self.local:(self.pi + 1) * self.local]
-    return [train_order(int(p), len(self.records), self.seed) for p in pos]
+    return self.plan.steps_per_epoch
 
   def batch(self, step: int) -> Dict[str, np.ndarray]:
     """This process's slice of the global batch at ``step`` (training order)."""
-    items = self._train_positions(step)
-    ex = list(self.pool.map(lambda it: make_example(self.records[it[0]], flip=it[1], **self.kw),
-                            items))
-    self._count(ex)
-    return _stack(ex)
-
-  def _count(self, ex):
-    d = int(sum(e['num_dropped'] for e in ex))
-    if d:
-      self.dropped += d
-      logging.warning('%d instances beyond max_instances=%d were cut from this batch '
-                      '(%d so far)', d, self.kw['max_instances'], self.dropped)
+    items = [self.plan.train_item(step, slot) for slot in range(self.plan.local)]
+    return self.dropped(stack(list(self.pool.map(
+        lambda it: make_example(self.records[it[0]], flip=it[1], **self.kw), items))))
 
   def train_iterator(self, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
     step = start_step
@@ -276,18 +327,12 @@ class Loader:
 
   def eval_iterator(self) -> Iterator[Dict[str, np.ndarray]]:
     """One pass in file order; each process gets its slice of every global batch."""
-    n = len(self.records)
-    for start in range(0, n, self.batch_size):
-      idx = list(range(start, min(start + self.batch_size, n)))
-      idx = idx[self.pi * self.local:(self.pi + 1) * self.local]
-      ex = list(self.pool.map(lambda i: make_example(self.records[i], flip=False, **self.kw), idx))
-      while len(ex) < self.local:  # pad the last batch: fixed shapes, image_id -1
-        blank = {k: np.zeros_like(v) for k, v in (ex[0] if ex else self._blank()).items()}
-        blank['image_id'] = np.int64(-1)
-        blank['gt_classes'] = np.full_like(blank['gt_classes'], -1)
-        ex.append(blank)
-      self._count(ex)
-      yield _stack(ex)
+    def example(index):
+      if index < 0:
+        return blank_example(self.kw['image_size'], self.kw['max_instances'],
+                             self.kw['mask_size'])
+      return make_example(self.records[index], flip=False, **self.kw)
 
-  def _blank(self):
-    return make_example(self.records[0], flip=False, **self.kw)
+    for step in range(self.steps_per_epoch):
+      items = [self.plan.eval_item(step, slot) for slot in range(self.plan.local)]
+      yield self.dropped(stack(list(self.pool.map(example, items))))

@@ -38,6 +38,8 @@ from PIL import Image
 from zsi_jax.data import datasets
 from zsi_jax.data.input_pipeline import load_coco, to_rle
 
+logger = logging.getLogger(__name__)
+
 VERSION = '1.0.0'
 # Class indices of the standard ZSI splits follow the evaluation settings:
 # training / seen-class validation use the seen classes, ZSI tests the unseen
@@ -102,7 +104,7 @@ class ZsiCoco(tfds.core.GeneratorBasedBuilder):
     for split, (ann_file, image_dir) in self.split_files.items():
       cat_ids = self.split_cat_ids[split]
       records, skipped = load_coco(ann_file, image_dir, cat_ids)
-      logging.info('%s: %d images; skipped annotations: %s', ann_file, len(records), skipped)
+      logger.info('%s: %d images; skipped annotations: %s', ann_file, len(records), skipped)
       meta[split] = dict(annotation_file=ann_file, image_dir=image_dir, cat_ids=cat_ids,
                          skipped=skipped, images=len(records))
       gens[split] = self._generate_examples(records, cat_ids, ann_file)

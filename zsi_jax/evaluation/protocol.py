@@ -38,11 +38,66 @@ def _mean(values) -> float:
   return float(np.mean(values)) if values else float('nan')
 
 
+def ausuc(seen: Sequence[float], unseen: Sequence[float]) -> float:
+  """Area under the seen-unseen curve (Chao et al., ECCV 2016): unseen against
+  seen accuracy (here mAP, both in [0, 1]) over a sweep of the calibration,
+  by the trapezoid rule between the points sorted by seen. The sweep's ends
+  lie on the axes (only seen or only unseen classes detected); NaN points are
+  left out."""
+  points = sorted((s, u) for s, u in zip(seen, unseen) if s == s and u == u)
+  if len(points) < 2:
+    return float('nan')
+  s, u = np.asarray(points).T
+  return float(np.sum((s[1:] - s[:-1]) * (u[1:] + u[:-1]) / 2))
+
+
 def harmonic_mean(a: float, b: float) -> float:
   """2ab / (a + b); 0 when both are 0, NaN when either is NaN."""
   if math.isnan(a) or math.isnan(b):
     return float('nan')
   return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+# What COCOeval reads of the ground truth, per entry.
+_IMAGE_KEYS = ('id', 'height', 'width')
+_ANNOTATION_KEYS = ('id', 'image_id', 'category_id', 'bbox', 'area', 'segmentation')
+
+
+def load_ground_truth(ann_file: str, cat_ids: Sequence[int]) -> COCO:
+  """The test split's ground truth, checked for everything scoring reads.
+
+  Run before the model so that a flaw in the file fails in seconds, not after
+  hours of inference: valid JSON with ``images``, ``annotations`` and
+  ``categories``, every evaluated category listed, every image and annotation
+  with the keys COCOeval reads. Errors name the file and the entry.
+  """
+  import json
+  try:
+    with open(ann_file) as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'ground-truth file not found: {ann_file}') from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{ann_file} is not valid JSON: {e}') from None
+  for key in ('images', 'annotations', 'categories'):
+    if not isinstance(data.get(key), list):
+      raise ValueError(f'{ann_file}: no {key!r} list; COCO scoring needs it')
+  listed = {c.get('id') for c in data['categories']}
+  missing = [int(c) for c in cat_ids if int(c) not in listed]
+  if missing:
+    raise ValueError(f'{ann_file}: categories {missing} are evaluated but not listed in '
+                     '"categories"')
+  for kind, entries, keys in (('image', data['images'], _IMAGE_KEYS),
+                              ('annotation', data['annotations'], _ANNOTATION_KEYS)):
+    for entry in entries:
+      lacking = [k for k in keys if k not in entry]
+      if lacking:
+        raise ValueError(f'{ann_file}: {kind} {entry.get("id", "?")} lacks {lacking}')
+  gt = COCO()
+  gt.dataset = data
+  with _quiet():
+    gt.createIndex()
+  return gt
 
 
 def run_cocoeval(gt: COCO, results: List[dict], iou_type: str, cat_ids: Sequence[int],

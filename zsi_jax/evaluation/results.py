@@ -6,29 +6,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from zsi_jax.ops.postprocess import paste_masks
-
-
-def to_original_boxes(boxes, scale, orig_hw, flipped=False, input_width=None):
-  """Maps boxes from the resized input back to the original image.
-
-  Args:
-    boxes: [N, 4] in input pixels.
-    scale: input = original * scale.
-    orig_hw: (height, width) of the original image.
-    flipped: whether the input was flipped horizontally; then ``input_width``
-      (the resized image's width) is needed.
-  Returns:
-    [N, 4] float64 clipped to the original image.
-  """
-  b = np.asarray(boxes, np.float64).copy()
-  if flipped:
-    b[:, [0, 2]] = input_width - b[:, [2, 0]]
-  b /= float(scale)
-  h, w = orig_hw
-  b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
-  b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h)
-  return b
+from zsi_jax.ops.postprocess import paste_masks, to_original_boxes
 
 
 def image_results(image_id: int, det: Dict[str, np.ndarray], scale: float, orig_hw,

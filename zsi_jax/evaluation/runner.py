@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import jax
+import numpy as np
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
@@ -28,23 +29,37 @@ from zsi_jax.modeling.zsi import ZSIModel
 SETTINGS = {'zsi': 'test_zsi', 'gzsi': 'test_gzsi', 'seen': 'val'}
 
 
+class ScoringError(RuntimeError):
+  """COCO scoring failed after the detections were written."""
+
+
 def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
              scoring: Optional[str] = None, data_root: Optional[str] = None,
-             vectors: Optional[str] = None, log=print) -> Dict[str, object]:
-  """Evaluates a checkpoint; writes results and metrics JSON into ``workdir/eval``."""
+             vectors: Optional[str] = None, calibration: Optional[float] = None,
+             log=print) -> Dict[str, object]:
+  """Evaluates a checkpoint; writes results and metrics JSON into ``workdir/eval``.
+
+  ``calibration``: gamma of calibrated stacking in GZSI (default: the config's
+  ``model.test.seen_calibration``).
+  """
+  config, variables, info, step = _load(workdir, setting, step, data_root, vectors)
+  return evaluate_variables(config, variables, info, setting, step, scoring,
+                            os.path.join(workdir, 'eval'), calibration=calibration, log=log)
+
+
+def _load(workdir, setting, step, data_root, vectors):
   if setting not in SETTINGS:
     raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
   config = ckpt_lib.load_config(workdir)
   info = datasets.load_dataset(data_root or config.data.root, vectors or config.data.vectors)
   variables, step = ckpt_lib.restore_variables(workdir, step)
-  return evaluate_variables(config, variables, info, setting, step, scoring,
-                            os.path.join(workdir, 'eval'), log=log)
+  return config, variables, info, step
 
 
 def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: str, step: int,
                        scoring: Optional[str] = None, out_dir: Optional[str] = None,
-                       max_images: int = 0, log=print, progress: bool = True
-                       ) -> Dict[str, object]:
+                       max_images: int = 0, calibration: Optional[float] = None, log=print,
+                       progress: bool = True) -> Dict[str, object]:
   """Runs the model over a test split and scores it (evaluation/protocol.py).
 
   Args:
@@ -55,65 +70,156 @@ def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: s
       (None: not written).
     max_images: evaluate only the first N images of the split (0: all), e.g.
       for periodic evaluation during training.
+    calibration: seen-score calibration gamma (default: the config's).
   Returns:
     the metrics dict (see ``format_table``).
   """
-  if setting not in SETTINGS:
-    raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
-  scoring = scoring or config.model.test.scoring
-  targets = {'zsi': info.unseen, 'gzsi': info.seen + info.unseen, 'seen': info.seen}[setting]
-  model = build_model(config.model, info.background, len(info.seen), training=False)
-  k_max = info.class_rows(config.data.max_classes)
-  cv, cm = pad_class_vectors(info.vectors_of(targets), k_max)
-  sv, sm = pad_class_vectors(info.vectors_of(info.seen), k_max)
-  cat_ids = info.cat_ids(targets)
-
-  ann_file = info.annotation_file(SETTINGS[setting])
-  records, _ = load_coco(ann_file, info.image_dir(SETTINGS[setting]), cat_ids)
-  if max_images:
-    records = records[:max_images]
-  d = config.data
-  loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
-                  train=False, process_index=0, process_count=1)
-  detect = jax.jit(lambda v, im, hw: model.apply(v, im, hw, cv, cm, seen_vectors=sv,
-                                                 seen_valid=sm, scoring=scoring,
-                                                 method=ZSIModel.detect))
-  results = []
-  t_model = t_host = 0.0
-  n_images = 0
-  for batch in tqdm(loader.eval_iterator(), total=loader.steps_per_epoch, desc=f'eval {setting}',
-                    disable=not progress):
-    t0 = time.time()
-    det = jax.device_get(detect(variables, batch['image'], batch['input_hw']))
-    t1 = time.time()
-    for i in range(batch['image'].shape[0]):
-      if batch['image_id'][i] < 0:
-        continue
-      n_images += 1
-      results.extend(image_results(int(batch['image_id'][i]), {k: v[i] for k, v in det.items()},
-                                   float(batch['scale'][i]), tuple(batch['orig_hw'][i]), cat_ids,
-                                   mask_threshold=config.model.test.mask_threshold))
-    t_model += t1 - t0
-    t_host += time.time() - t1
-
-  gt = COCO(ann_file) if log is print else _quiet_coco(ann_file)
-  if max_images:
-    gt = _subset(gt, [r['image_id'] for r in records])
-  seen_ids = info.cat_ids(info.seen) if setting == 'gzsi' else None
-  box_results = [{k: v for k, v in r.items() if k != 'segmentation'} for r in results]
-  metrics = {'setting': setting, 'step': int(step), 'scoring': scoring, 'images': n_images,
-             'detections': len(results),
-             'box': protocol.zsi_metrics(gt, box_results, 'bbox', cat_ids, seen_ids),
-             'mask': protocol.zsi_metrics(gt, results, 'segm', cat_ids, seen_ids),
-             'seconds_model': t_model, 'seconds_host_postprocess': t_host}
-  if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f'{setting}_results.json'), 'w') as f:
-      json.dump(results, f)
-    with open(os.path.join(out_dir, f'{setting}_metrics.json'), 'w') as f:
-      json.dump(metrics, f, indent=1)
+  gamma = config.model.test.seen_calibration if calibration is None else float(calibration)
+  split = _Split(config, info, setting, scoring, max_images)
+  (results,), n_images, seconds = split.detect(variables, [gamma], progress)
+  # The detections are written before scoring, so a scoring failure never loses them.
+  results_file = _write_json(out_dir, f'{setting}_results.json', results)
+  scores = split.score(results, results_file)
+  metrics = {'setting': setting, 'step': int(step), 'scoring': split.scoring,
+             'seen_calibration': gamma, 'images': n_images, 'detections': len(results),
+             **scores, **seconds}
+  _write_json(out_dir, f'{setting}_metrics.json', metrics, indent=1)
   log(format_table(metrics))
   return metrics
+
+
+def calibration_sweep(workdir: str, num: int, step: Optional[int] = None,
+                      scoring: Optional[str] = None, data_root: Optional[str] = None,
+                      vectors: Optional[str] = None, log=print) -> Dict[str, object]:
+  """GZSI at ``num`` calibrations gamma in [-1, 1], the model run once per image.
+
+  From gamma = -1 (the unseen scores lowered by 1: only seen classes pass the
+  score threshold) to gamma = 1 (only unseen classes). Writes
+  ``workdir/eval/gzsi_calibration.json`` (``calibration_curve`` for boxes and
+  masks) and ``gzsi_calibration.png``, the seen-unseen curve. The best gamma
+  is chosen on the test labels: an oracle, not a tuned setting.
+  """
+  if num < 2:
+    raise ValueError(f'--calibration_sweep needs at least 2 values of gamma, got {num}')
+  config, variables, info, step = _load(workdir, 'gzsi', step, data_root, vectors)
+  gammas = [float(g) for g in np.linspace(-1.0, 1.0, num)]
+  split = _Split(config, info, 'gzsi', scoring, 0)
+  results, n_images, seconds = split.detect(variables, gammas, progress=True)
+  out_dir = os.path.join(workdir, 'eval')
+  sweep = {'setting': 'gzsi', 'step': int(step), 'scoring': split.scoring,
+           'images': n_images, **seconds}
+  scored = [split.score(r, None) for r in tqdm(results, desc='score')]
+  for kind in ('box', 'mask'):
+    sweep[kind] = calibration_curve(gammas, [s[kind] for s in scored])
+  _write_json(out_dir, 'gzsi_calibration.json', sweep, indent=1)
+  from zsi_jax import visualize
+  visualize.calibration_curve(sweep).save(os.path.join(out_dir, 'gzsi_calibration.png'))
+  log(format_sweep(sweep))
+  return sweep
+
+
+def calibration_curve(gammas: Sequence[float], rows: Sequence[Dict[str, float]]):
+  """One box or mask curve of a sweep: per-gamma GZSI numbers, AUSUC and the oracle best HM.
+
+  rows: ``protocol.zsi_metrics`` (GZSI) of each gamma.
+  """
+  curve = dict(gammas=list(gammas))
+  for key, name in (('seen_map@0.5', 'seen_map'), ('unseen_map@0.5', 'unseen_map'),
+                    ('hm_map@0.5', 'hm_map'), ('seen_recall@100', 'seen_recall'),
+                    ('unseen_recall@100', 'unseen_recall')):
+    curve[name] = [float(r[key]) for r in rows]
+  curve['ausuc_map'] = protocol.ausuc(curve['seen_map'], curve['unseen_map'])
+  hm = np.nan_to_num(np.asarray(curve['hm_map']), nan=-1.0)
+  best = int(np.argmax(hm))
+  curve['best_hm_map'] = curve['hm_map'][best]
+  curve['best_gamma'] = curve['gammas'][best]
+  return curve
+
+
+class _Split:
+  """One evaluation setting of a dataset: its classes, ground truth and model."""
+
+  def __init__(self, config, info, setting, scoring, max_images):
+    if setting not in SETTINGS:
+      raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
+    self.config, self.setting = config, setting
+    self.scoring = scoring or config.model.test.scoring
+    targets = {'zsi': info.unseen, 'gzsi': info.seen + info.unseen, 'seen': info.seen}[setting]
+    k_max = info.class_rows(config.data.max_classes)
+    self.classes = pad_class_vectors(info.vectors_of(targets), k_max)
+    self.seen = pad_class_vectors(info.vectors_of(info.seen), k_max)
+    self.cat_ids = info.cat_ids(targets)
+    self.seen_ids = info.cat_ids(info.seen) if setting == 'gzsi' else None
+    self.ann_file = info.annotation_file(SETTINGS[setting])
+    # Everything scoring needs is checked before the model runs.
+    self.gt = protocol.load_ground_truth(self.ann_file, self.cat_ids)
+    self.records, _ = load_coco(self.ann_file, info.image_dir(SETTINGS[setting]), self.cat_ids)
+    if max_images:
+      self.records = self.records[:max_images]
+      self.gt = _subset(self.gt, [r['image_id'] for r in self.records])
+    self.model = build_model(config.model, info.background, len(info.seen), training=False)
+
+  def detect(self, variables, gammas: Sequence[float], progress: bool):
+    """COCO results of the split for each calibration gamma: the features, proposals
+    and class scores once per batch, the selection and masks once per gamma.
+
+    Returns (one results list per gamma, images, dict of seconds).
+    """
+    (cv, cm), (sv, sm) = self.classes, self.seen
+    model, scoring = self.model, self.scoring
+    candidates = jax.jit(lambda v, im, hw: model.apply(
+        v, im, hw, cv, cm, sv, sm, scoring, method=ZSIModel.candidates))
+    finish = jax.jit(lambda v, c, hw, g: model.apply(
+        v, c, hw, cv, cm, sv, sm, scoring, g, method=ZSIModel.finish))
+    d = self.config.data
+    loader = Loader(self.records, d.batch_size, d.image_size, d.scale, d.max_instances,
+                    d.mask_gt_size, train=False, process_index=0, process_count=1)
+    results = [[] for _ in gammas]
+    t_model = t_host = 0.0
+    n_images = 0
+    for batch in tqdm(loader.eval_iterator(), total=loader.steps_per_epoch,
+                      desc=f'eval {self.setting}', disable=not progress):
+      keep = [i for i in range(batch['image'].shape[0]) if batch['image_id'][i] >= 0]
+      n_images += len(keep)
+      t0 = time.time()
+      cand = candidates(variables, batch['image'], batch['input_hw'])
+      dets = [jax.device_get(finish(variables, cand, batch['input_hw'], np.float32(gamma)))
+              for gamma in gammas]
+      t1 = time.time()
+      for det, out in zip(dets, results):
+        for i in keep:
+          out.extend(image_results(
+              int(batch['image_id'][i]), {k: v[i] for k, v in det.items()},
+              float(batch['scale'][i]), tuple(batch['orig_hw'][i]), self.cat_ids,
+              mask_threshold=self.config.model.test.mask_threshold))
+      t_model += t1 - t0
+      t_host += time.time() - t1
+    return results, n_images, {'seconds_model': t_model, 'seconds_host_postprocess': t_host}
+
+  def score(self, results, results_file: Optional[str]) -> Dict[str, object]:
+    """Box and mask numbers of one results list (ZSD/GZSD and ZSI/GZSI)."""
+    box_results = [{k: v for k, v in r.items() if k != 'segmentation'} for r in results]
+    try:
+      return {'box': protocol.zsi_metrics(self.gt, box_results, 'bbox', self.cat_ids,
+                                          self.seen_ids),
+              'mask': protocol.zsi_metrics(self.gt, results, 'segm', self.cat_ids,
+                                           self.seen_ids)}
+    except Exception as e:
+      kept = f'; the detections are in {results_file}' if results_file else ''
+      raise ScoringError(f'scoring {self.setting} against {self.ann_file} failed: '
+                         f'{type(e).__name__}: {e}{kept}') from e
+
+
+def _write_json(out_dir: Optional[str], name: str, value, indent=None) -> Optional[str]:
+  """Writes ``value`` to ``out_dir/name`` atomically (nothing when ``out_dir`` is None)."""
+  if not out_dir:
+    return None
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, name)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=indent)
+  os.replace(path + '.tmp', path)
+  return path
 
 
 def _subset(gt: COCO, image_ids) -> COCO:
@@ -130,17 +236,12 @@ def _subset(gt: COCO, image_ids) -> COCO:
   return sub
 
 
-def _quiet_coco(path):
-  import contextlib
-  import io
-  with contextlib.redirect_stdout(io.StringIO()):
-    return COCO(path)
-
-
 def format_table(m: Dict[str, object]) -> str:
   """The paper's table layout for one setting (percentages)."""
   pct = lambda x: f'{100 * x:5.1f}' if x == x else '  nan'
-  lines = [f"{m['setting'].upper()} (step {m['step']}, scoring={m['scoring']}, "
+  gamma = m.get('seen_calibration', 0.0)
+  calibrated = f', seen calibration {gamma:g}' if gamma and m['setting'] == 'gzsi' else ''
+  lines = [f"{m['setting'].upper()} (step {m['step']}, scoring={m['scoring']}{calibrated}, "
            f"{m['images']} images, {m['detections']} detections)",
            f"{'':6} {'R@100 0.4':>10} {'R@100 0.5':>10} {'R@100 0.6':>10} {'mAP@0.5':>8}"]
   for kind in ('box', 'mask'):
@@ -155,4 +256,19 @@ def format_table(m: Dict[str, object]) -> str:
       lines.append(f"{kind:6} {pct(r['seen_map@0.5']):>9} {pct(r['seen_recall@100']):>7} "
                    f"{pct(r['unseen_map@0.5']):>11} {pct(r['unseen_recall@100']):>9} "
                    f"{pct(r['hm_map@0.5']):>7} {pct(r['hm_recall@100']):>6}")
+  return '\n'.join(lines)
+
+
+def format_sweep(sweep: Dict[str, object]) -> str:
+  """The calibration sweep's summary; best-gamma numbers are labelled oracle."""
+  pct = lambda x: f'{100 * x:5.1f}' if x == x else '  nan'
+  lines = [f"GZSI calibration sweep (step {sweep['step']}, scoring={sweep['scoring']}, "
+           f"{sweep['images']} images, {len(sweep['box']['gammas'])} values of gamma in [-1, 1])",
+           f"{'':6} {'HM mAP at 0':>11} {'AUSUC':>6} {'oracle best HM mAP':>19} "
+           f"{'at gamma (oracle)':>18}"]
+  for kind in ('box', 'mask'):
+    c = sweep[kind]
+    zero = int(np.argmin(np.abs(np.asarray(c['gammas']))))
+    lines.append(f"{kind:6} {pct(c['hm_map'][zero]):>11} {pct(c['ausuc_map']):>6} "
+                 f"{pct(c['best_hm_map']):>19} {c['best_gamma']:>18.2f}")
   return '\n'.join(lines)

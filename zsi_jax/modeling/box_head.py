@@ -170,28 +170,30 @@ class SemanticBoxHead(nn.Module):
     return jnp.take_along_axis(spec, idx[..., None, None], axis=-2)[..., 0, :]
 
   # ---------------------------------------------------------------- inference
-  def inference(self, features, proposals, proposal_valid, input_hw, space: ClassSpace,
-                scoring: str, vocabulary=None) -> Dict[str, jnp.ndarray]:
-    """Scored, regressed, per-class NMS-ed detections of every class in ``space``.
+  def class_scores(self, features, proposals, space: ClassSpace, scoring: str, vocabulary=None):
+    """Inference: per-class scores [B, P, K] of the proposals (background removed,
+    ``ClassSpace.scores``: 'direct' or 'projected') and class-agnostic deltas [B, P, 4].
 
-    Boxes use the class-agnostic regressor for any class list (unseen classes
+    Every class uses the class-agnostic regressor at test time (unseen classes
     have no regressor of their own; the authors' code reused seen class j's for
     unseen class j by index).
-
-    Args:
-      features: P2..P5; proposals [B, P, 4], proposal_valid [B, P]; input_hw [B, 2].
-      space: the target classes (and the seen ones for ``scoring='projected'``).
-      scoring: 'direct' or 'projected' (``ClassSpace.scores``).
-      vocabulary: [V, D] or None.
-    Returns:
-      dict of ``boxes`` [B, N, 4], ``scores`` [B, N], ``classes`` [B, N] (index
-      into the class list, -1 empty), ``roi_index``, ``valid`` [B, N];
-      N = test.max_detections.
     """
     head = self(self.pool(features, proposals), vocabulary=vocabulary)
-    scores = space.scores(head['semantic'], scoring)
+    return space.scores(head['semantic'], scoring), head['deltas_agnostic']
+
+  def select(self, proposals, proposal_valid, scores, deltas, input_hw) -> Dict[str, jnp.ndarray]:
+    """Inference: score threshold, per-class NMS and the top ``test.max_detections``
+    per image (``ops.postprocess.postprocess_detections``, vmapped).
+
+    Args:
+      proposals [B, P, 4], proposal_valid [B, P]; scores [B, P, K]; deltas
+      [B, P, 4]; input_hw [B, 2].
+    Returns:
+      dict of ``boxes`` [B, N, 4], ``scores`` [B, N], ``classes`` [B, N] (index
+      into the class list, -1 empty), ``roi_index``, ``valid`` [B, N].
+    """
     t = self.test
     return jax.vmap(lambda r, rv, sc, dl, hw: postprocess.postprocess_detections(
         r, rv, sc, dl, hw, score_threshold=t.score_threshold, nms_threshold=t.nms_threshold,
         max_detections=t.max_detections, pre_nms_topk=t.pre_nms_topk))(
-            proposals, proposal_valid, scores, head['deltas_agnostic'], input_hw)
+            proposals, proposal_valid, scores, deltas, input_hw)

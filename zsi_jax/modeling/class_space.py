@@ -29,11 +29,21 @@ SCORINGS = ('direct', 'projected')
 
 
 def pad_class_vectors(vectors, k_max: int):
-  """[K, D] -> ([k_max, D] float32, [k_max] bool); K > k_max is an error naming both."""
+  """[K, D] -> ([k_max, D] float32, [k_max] bool).
+
+  K > k_max, a shape other than [K, D] and non-finite values are errors that
+  name what is wrong (a NaN in one vector would otherwise silence every class).
+  """
   vectors = np.asarray(vectors, np.float32)
+  if vectors.ndim != 2:
+    raise ValueError(f'class vectors must be a [K, D] matrix, got shape {vectors.shape}')
+  bad = np.flatnonzero(~np.all(np.isfinite(vectors), axis=1))
+  if bad.size:
+    raise ValueError(f'class vectors {bad.tolist()} (0-based rows) contain NaN or inf')
   k, d = vectors.shape
   if k > k_max:
-    raise ValueError(f'{k} classes but config.data.max_classes={k_max}; raise max_classes')
+    raise ValueError(f'{k} classes but room for max_classes={k_max}: raise max_classes '
+                     '(config.data.max_classes; predict.py --max_classes)')
   out = np.zeros((k_max, d), np.float32)
   out[:k] = vectors
   return out, np.arange(k_max) < k
@@ -117,6 +127,28 @@ class ClassSpace(NamedTuple):
     same = seen_target_matrix(self.matrix, self.valid, self.seen_matrix, self.seen_valid)
     scores = jnp.where(jnp.any(same, axis=1), p @ same.T.astype(p.dtype), scores)
     return jnp.where(self.valid, scores, 0.0)[..., 1:]
+
+  def calibrate(self, scores, seen_calibration):
+    """Calibrated stacking (Chao et al., ECCV 2016) of per-class scores [..., K].
+
+    Lowers every seen target class's score by ``gamma`` = ``seen_calibration``
+    (a negative gamma lowers the unseen ones by ``-gamma`` instead: the same
+    ranking of seen against unseen, and scores stay at most 1, so the score
+    threshold removes one group entirely at |gamma| >= 1). It acts on the final
+    scores (probabilities under direct scoring), before the score threshold,
+    per-class NMS and the top-k, so each class's own ranking is untouched and
+    only the competition between the groups moves; applied to logits it would
+    pass through the softmax and change every class's score. It applies only
+    when the list holds both seen and unseen classes (GZSI); gamma 0, a
+    ZSI list or a space without seen vectors leave the scores as they are.
+    """
+    if self.seen_matrix is None:
+      return scores
+    seen = self.is_seen()[1:]
+    unseen = self.valid[1:] & ~seen
+    mixed = jnp.any(seen) & jnp.any(unseen)
+    gamma = jnp.where(mixed, jnp.asarray(seen_calibration, scores.dtype), 0.0)
+    return scores - jnp.where(seen, jnp.maximum(gamma, 0.0), jnp.maximum(-gamma, 0.0))
 
   def mask_vectors(self, classes, scoring: str):
     """The vector each detection's mask compares pixels with. classes: [...] (0..K-1) -> [..., D].

@@ -117,7 +117,7 @@ class ZSIModel(nn.Module):
   # ---------------------------------------------------------------- inference
   def detect(self, images, input_hw, class_vectors, class_valid,
              seen_vectors: Optional[jnp.ndarray] = None, seen_valid: Optional[jnp.ndarray] = None,
-             scoring: str = 'direct'):
+             scoring: str = 'direct', seen_calibration=0.0):
     """Detects and segments the given classes.
 
     Args:
@@ -126,24 +126,51 @@ class ZSIModel(nn.Module):
       class_vectors: ``[K, D]`` vectors of the classes to detect (unseen for ZSI,
         seen+unseen for GZSI, or any user list), padded; ``class_valid`` [K].
       seen_vectors, seen_valid: the training classes' vectors, needed for
-        ``scoring='projected'``.
+        ``scoring='projected'`` and for ``seen_calibration``.
       scoring: 'direct' (the paper) or 'projected' (the authors' code).
+      seen_calibration: gamma of calibrated stacking in GZSI
+        (``ClassSpace.calibrate``; 0: none).
     Returns:
       dict of ``boxes`` [B, N, 4], ``scores`` [B, N], ``classes`` [B, N] (index
       into ``class_vectors``, -1 empty), ``masks`` [B, N, 28, 28] probabilities,
       ``valid`` [B, N]; N = the box head's ``test.max_detections``.
     """
+    candidates = self.candidates(images, input_hw, class_vectors, class_valid, seen_vectors,
+                                 seen_valid, scoring)
+    return self.finish(candidates, input_hw, class_vectors, class_valid, seen_vectors,
+                       seen_valid, scoring, seen_calibration)
+
+  def candidates(self, images, input_hw, class_vectors, class_valid, seen_vectors=None,
+                 seen_valid=None, scoring: str = 'direct'):
+    """The part of ``detect`` that does not depend on ``seen_calibration``: features,
+    proposals and every proposal's class scores. Returns a dict of ``features``
+    (P2..P5), ``proposals`` [B, P, 4], ``proposal_valid``, ``scores`` [B, P, K],
+    ``deltas`` [B, P, 4]."""
     features = self.features(images, False)
     rpn = self.rpn(features)
     proposals, proposal_valid = self.rpn.proposals(rpn, images.shape[1:3], input_hw, train=False)
+    space = self._space('det', rpn.v_b, class_vectors, class_valid, seen_vectors, seen_valid)
+    scores, deltas = self.box_head.class_scores(features, proposals, space, scoring,
+                                                self._vocabulary())
+    return dict(features=features[:4], proposals=proposals, proposal_valid=proposal_valid,
+                scores=scores, deltas=deltas)
 
-    space = lambda head: ClassSpace.build(self.background_for(head, rpn.v_b), class_vectors,
-                                          class_valid, seen_vectors, seen_valid)
-    det = self.box_head.inference(features, proposals, proposal_valid, input_hw, space('det'),
-                                  scoring, self._vocabulary())
-    masks = self.mask_head.inference(features, det, space('mask'), scoring)
+  def finish(self, candidates, input_hw, class_vectors, class_valid, seen_vectors=None,
+             seen_valid=None, scoring: str = 'direct', seen_calibration=0.0):
+    """Calibration, per-class NMS, the top detections and their masks (``detect``'s rest)."""
+    v_b = self.rpn.background_vector()
+    space = lambda head: self._space(head, v_b, class_vectors, class_valid, seen_vectors,
+                                     seen_valid)
+    det = self.box_head.select(candidates['proposals'], candidates['proposal_valid'],
+                               space('det').calibrate(candidates['scores'], seen_calibration),
+                               candidates['deltas'], input_hw)
+    masks = self.mask_head.inference(candidates['features'], det, space('mask'), scoring)
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'], masks=masks,
                 valid=det['valid'])
+
+  def _space(self, head, v_b, class_vectors, class_valid, seen_vectors, seen_valid):
+    return ClassSpace.build(self.background_for(head, v_b), class_vectors, class_valid,
+                            seen_vectors, seen_valid)
 
   # ---------------------------------------------------------------- initialisation
   def initialize(self, images):

@@ -62,6 +62,28 @@ def postprocess_detections(rois, roi_valid, class_scores, box_deltas, image_hw,
       valid=valid)
 
 
+def to_original_boxes(boxes, scale, orig_hw, flipped=False, input_width=None):
+  """Maps boxes from the resized input back to the original image.
+
+  Args:
+    boxes: [N, 4] in input pixels.
+    scale: input = original * scale.
+    orig_hw: (height, width) of the original image.
+    flipped: whether the input was flipped horizontally; then ``input_width``
+      (the resized image's width) is needed.
+  Returns:
+    [N, 4] float64 clipped to the original image.
+  """
+  b = np.asarray(boxes, np.float64).copy()
+  if flipped:
+    b[:, [0, 2]] = input_width - b[:, [2, 0]]
+  b /= float(scale)
+  h, w = orig_hw
+  b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
+  b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h)
+  return b
+
+
 def paste_masks(masks, boxes, image_hw, threshold: float = 0.5):
   """Pastes RoI mask probabilities into full-image binary masks (NumPy, host side).
 

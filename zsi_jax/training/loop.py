@@ -21,6 +21,8 @@ from zsi_jax.training import mesh as mesh_lib
 from zsi_jax.training.metrics import MetricWriter
 from zsi_jax.training.train_step import TrainState, build_training
 
+logger = logging.getLogger(__name__)
+
 # Called after every step, once its checkpoint (if any) has been handed to
 # orbax: ``hook(step, state, checkpoint_manager)``.
 StepHook = Callable[[int, TrainState, Any], None]
@@ -43,7 +45,7 @@ def training_data(config: ml_collections.ConfigDict, info) -> Tuple[Any, Dict[st
   from zsi_jax.data.input_pipeline import Loader, load_coco
   records, counts = load_coco(info.annotation_file('train'), info.image_dir('train'),
                               info.cat_ids(info.seen))
-  logging.info('train: %d images; skipped annotations: %s', len(records), counts)
+  logger.info('train: %d images; skipped annotations: %s', len(records), counts)
   d = config.data
   loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
                   train=True, seed=config.seed, num_threads=max(d.num_workers, 2))
@@ -93,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   restored, start = ckpt_lib.restore(manager, state)
   if restored is not None:
     state = jax.device_put(restored, repl)
-    logging.info('resumed from step %d', start)
+    logger.info('resumed from step %d', start)
   start = int(state.step)
 
   step_fn = jax.jit(run.step, in_shardings=(repl, mesh_lib.data_sharded(mesh), repl, repl),
@@ -118,9 +120,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if not bool(metrics['finite']):
         m = jax.device_get(metrics)
         bad = [k for k, v in m.items() if k != 'finite' and not np.isfinite(v)]
-        raise NonFiniteLossError(
-            f'non-finite value at step {done}: {", ".join(bad) or "gradient"}; the state was '
-            f'not updated and the last good checkpoint is in {ckpt_lib.checkpoint_dir(workdir)}')
+        manager.wait_until_finished()
+        last = manager.latest_step()
+        kept = (f'the last good checkpoint is step {last} in {ckpt_lib.checkpoint_dir(workdir)}'
+                if last is not None else
+                f'no checkpoint has been written yet (every {config.checkpoint_every} steps)')
+        raise NonFiniteLossError(f'non-finite value at step {done}: {", ".join(bad) or "gradient"}'
+                                 f'; the state was not updated and {kept}')
       if done % config.log_every == 0 or done == total_steps:
         m = jax.device_get(metrics)
         dt = (time.time() - t_last) / steps_since

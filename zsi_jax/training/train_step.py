@@ -23,6 +23,8 @@ from zsi_jax.modeling.build import build_model, init_variables
 from zsi_jax.modeling.zsi import ZSIModel
 from zsi_jax.training.optimizer import make_optimizer
 
+logger = logging.getLogger(__name__)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -147,7 +149,7 @@ def build_training(config: ml_collections.ConfigDict, background, num_train_clas
     # ImageNet weights for a fresh run (a resumed run restores over them).
     variables = convert.load_backbone_into(variables, config.init.backbone,
                                            config.model.backbone.depth)
-    logging.info('backbone initialised from %s', config.init.backbone)
+    logger.info('backbone initialised from %s', config.init.backbone)
   sched_epoch = total_steps / config.num_epochs if config.total_steps else steps_per_epoch
   tx, schedule = make_optimizer(config, sched_epoch,
                                 trainable_mask(variables['params'],

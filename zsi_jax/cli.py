@@ -1,0 +1,106 @@
+"""What the command-line entry points (train.py, eval.py, predict.py) share: errors
+as one clear line, a quiet console and a full log file.
+
+A mistake in the input (a config key, a file, a checkpoint) is reported as
+``error: <what and where>`` and exit status 1; the traceback is kept for
+debugging behind ``ZSI_TRACEBACK=1`` or absl's ``--verbosity=1`` (``-v 1``).
+The console shows progress bars, warnings, results and this package's own
+messages; everything else logged (orbax, absl) goes to the log file only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from absl import flags
+
+# Errors that describe bad input rather than a bug: reported in one line.
+USER_ERRORS = (ValueError, OSError, KeyError)
+TRACEBACK_ENV = 'ZSI_TRACEBACK'
+
+
+def traceback_wanted() -> bool:
+  if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+    return True
+  return flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].value >= 1
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (a wrapped error unwrapped, KeyError's repr undone)."""
+  while len(error.args) == 1 and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  text = ' '.join(text.split())
+  return text or type(error).__name__
+
+
+def fail(error: BaseException):
+  print(f'error: {one_line(error)}', file=sys.stderr)
+  if not traceback_wanted():
+    print(f'(set {TRACEBACK_ENV}=1 for the traceback)', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's flag parsing with a flag or config-override mistake as one line
+  (ml_collections reports a misspelt ``--config.x.y`` as an AttributeError)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError) + USER_ERRORS as e:
+    if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+      raise
+    message = one_line(e)
+    if 'Did you mean' in message:        # ml_collections' hint for an unknown key
+      message = 'unknown config key; ' + message[message.index('Did you mean'):]
+    named = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')
+             and a.split('=', 1)[0].rsplit('.', 1)[-1] in str(e)]
+    fail(ValueError(f'{named[0]}: {message}' if named else message))
+
+
+def main(run: Callable, errors=()) -> Callable:
+  """Wraps an absl ``main``: input mistakes (and ``errors``) become one line."""
+  caught = USER_ERRORS + tuple(errors)
+
+  def wrapped(argv):
+    try:
+      return run(argv)
+    except caught as e:
+      if traceback_wanted():
+        raise
+      fail(e)
+  return wrapped
+
+
+class _ConsoleFilter(logging.Filter):
+  """Warnings and errors from anyone; INFO only from this package."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or record.name.startswith('zsi_jax')
+
+
+def setup_logging(log_file: Optional[str] = None):
+  """The console as above; INFO and up also into ``log_file`` when given.
+
+  Call it first in ``main`` (before JAX starts its backends, which log), and
+  :func:`log_to_file` later when the file is known only then.
+  """
+  root = logging.getLogger()
+  root.setLevel(logging.INFO)
+  for handler in root.handlers:
+    if not isinstance(handler, logging.FileHandler) and not any(
+        isinstance(f, _ConsoleFilter) for f in handler.filters):
+      handler.addFilter(_ConsoleFilter())
+  # absl's own logger takes its level from --verbosity; let its INFO reach the file.
+  logging.getLogger('absl').setLevel(logging.INFO)
+  if log_file:
+    log_to_file(log_file)
+
+
+def log_to_file(log_file: str):
+  """Everything logged at INFO and up also goes to ``log_file`` (folder created)."""
+  os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+  handler = logging.FileHandler(log_file)
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  logging.getLogger().addHandler(handler)

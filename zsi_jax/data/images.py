@@ -1,0 +1,60 @@
+"""Decoding images of any mode Pillow reads into the model's 8-bit RGB.
+
+Pillow's own ``convert('RGB')`` clips 16- and 32-bit grey values at 255, so a
+16-bit PNG becomes almost white. Here those are rescaled from their full
+range; modes whose range is unknown (floating point, 32-bit integers beyond
+16 bits) are refused with the mode named.
+"""
+from __future__ import annotations
+
+import io
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+# Modes whose samples are 8 bits: Pillow's conversion to RGB is exact.
+EIGHT_BIT_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK',
+                   'YCbCr', 'LAB', 'HSV')
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+class ImageModeError(ValueError):
+  """An image whose pixel format cannot be read as 8-bit RGB."""
+
+
+def to_rgb8(im: Image.Image, name: str) -> np.ndarray:
+  """A Pillow image of any supported mode -> [H, W, 3] uint8 RGB.
+
+  8-bit modes convert as Pillow does (alpha dropped, palettes expanded);
+  16-bit grey ('I;16*', and 'I' holding values up to 65535) is scaled by
+  255/65535. ``name`` (file or image id) goes into the error for other modes.
+  """
+  if im.mode in EIGHT_BIT_MODES:
+    return np.asarray(im.convert('RGB'))
+  if im.mode in SIXTEEN_BIT_MODES or im.mode == 'I':
+    grey = np.asarray(im).astype(np.int64)
+    if grey.size and (grey.min() < 0 or grey.max() > 65535):
+      raise ImageModeError(f'{name}: image mode {im.mode!r} with values outside 0..65535; '
+                           'convert it to 8-bit RGB first')
+    grey = np.round(grey * (255.0 / 65535.0)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  raise ImageModeError(f'{name}: image mode {im.mode!r} is not supported (its value range is '
+                       'unknown); convert it to 8-bit RGB first')
+
+
+def decode(source: Union[str, bytes], name: str) -> np.ndarray:
+  """An image file (path) or its encoded bytes -> [H, W, 3] uint8 RGB.
+
+  Raises FileNotFoundError (missing file), ImageModeError (unsupported mode)
+  or ValueError (undecodable data), each naming ``name``.
+  """
+  try:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+      return to_rgb8(im, name)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{name}: file not found') from None
+  except ImageModeError:
+    raise
+  except OSError as e:
+    raise ValueError(f'{name}: cannot decode the image: {e}') from e
