@@ -14,7 +14,6 @@ OUT/predict.log. Images that cannot be read are skipped and listed at the end
 (exit status 1); the results of every other image are written.
 """
 import json
-import logging
 import os
 import sys
 

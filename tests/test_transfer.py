@@ -3,7 +3,6 @@ ZSI-Shapes set, the model finds unseen classes clearly better with attribute
 word vectors than with one-hot vectors on the same data (paper Table 6: the
 transfer comes from the semantics, not from the detector)."""
 import jax
-import numpy as np
 import pytest
 
 from configs import tiny

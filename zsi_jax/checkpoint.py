@@ -10,7 +10,6 @@ is a pure function of (seed, step), so restoring the step restores the iterator.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -21,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from zsi_jax import config_check
+from zsi_jax.jsonio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -169,11 +169,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'no {CONFIG_FILE} in {workdir!r}: is it a zsi_jax training workdir?')
-  with open(path) as f:
-    try:
-      d = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path} is not valid JSON: {e}') from e
+  d = read_json(path)
   try:
     return config_check.complete(_lists_to_tuples(d))
   except config_check.ConfigError as e:

@@ -13,8 +13,7 @@ that many classes reuses the compiled function.
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """COCO zero-shot splits on real annotations (coco_sample) and generated edge cases."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """ZSI-Shapes: the split needs composition, files are valid COCO, generation is deterministic."""
 import hashlib
 import json
-import os
 
 import numpy as np
 from pycocotools import mask as mask_utils

@@ -1,6 +1,5 @@
 """The class space [v_b; W]: padding, masked logits, direct and projected scoring,
 against NumPy."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """rpn_targets, sample_rois and mask_targets."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import torchvision

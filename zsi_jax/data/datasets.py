@@ -9,11 +9,12 @@ column 0 = background, then seen then unseen classes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import List, Optional
 
 import numpy as np
+
+from zsi_jax.jsonio import read_json
 
 
 @dataclasses.dataclass
@@ -78,11 +79,7 @@ def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: generate the dataset first '
                             f'(python data_prep/make_shapes.py --out {root})')
-  with open(path) as f:
-    try:
-      split = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path} is not valid JSON: {e}') from None
+  split = read_json(path)
   for key in ('seen', 'unseen', 'category_ids'):
     if key not in split:
       raise ValueError(f'{path}: missing {key!r}')

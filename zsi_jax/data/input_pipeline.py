@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import io
-import json
 import logging
 import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -21,6 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from zsi_jax.data import images
+from zsi_jax.jsonio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +39,7 @@ def load_coco(ann_file: str, image_dir: str, cat_ids: Sequence[int]) -> Tuple[Li
     ``anns`` (box xyxy, label, crowd, segmentation); counts report what was
     skipped and why.
   """
-  try:
-    with open(ann_file) as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f'annotation file not found: {ann_file}') from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{ann_file} is not valid JSON: {e}') from e
+  data = read_json(ann_file, 'annotation file')
   for key in ('images', 'annotations'):
     if key not in data:
       raise ValueError(f'{ann_file}: missing top-level key {key!r}')

@@ -4,9 +4,10 @@ Custom splits come from a JSON file ``{"name": ..., "seen": [...], "unseen": [..
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Tuple
+
+from zsi_jax.jsonio import read_json
 
 # COCO's 80 class names in category-id order.
 COCO_CLASSES = (
@@ -46,11 +47,7 @@ def get_split(name_or_path: str) -> Tuple[str, List[str], List[str]]:
     return name_or_path, list(seen), list(unseen)
   if not os.path.exists(name_or_path):
     raise FileNotFoundError(f'split {name_or_path!r} is neither {sorted(BUILTIN)} nor a file')
-  with open(name_or_path) as f:
-    try:
-      d = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{name_or_path}: not valid JSON: {e}') from e
+  d = read_json(name_or_path, 'split file')
   for key in ('seen', 'unseen'):
     if not isinstance(d.get(key), list) or not d[key]:
       raise ValueError(f'{name_or_path}: {key!r} must be a non-empty list of class names')

@@ -8,7 +8,7 @@ the background vector starts as the mean of the class vectors.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from zsi_jax.jsonio import read_json
 
 IOU_THRESHOLDS = (0.4, 0.5, 0.6)
 
@@ -71,14 +72,7 @@ def load_ground_truth(ann_file: str, cat_ids: Sequence[int]) -> COCO:
   ``categories``, every evaluated category listed, every image and annotation
   with the keys COCOeval reads. Errors name the file and the entry.
   """
-  import json
-  try:
-    with open(ann_file) as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f'ground-truth file not found: {ann_file}') from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{ann_file} is not valid JSON: {e}') from None
+  data = read_json(ann_file, 'ground-truth file')
   for key in ('images', 'annotations', 'categories'):
     if not isinstance(data.get(key), list):
       raise ValueError(f'{ann_file}: no {key!r} list; COCO scoring needs it')
