@@ -186,15 +186,36 @@ class _Split:
       dets = [jax.device_get(finish(variables, cand, batch['input_hw'], np.float32(gamma)))
               for gamma in gammas]
       t1 = time.time()
-      for det, out in zip(dets, results):
-        for i in keep:
-          out.extend(image_results(
-              int(batch['image_id'][i]), {k: v[i] for k, v in det.items()},
-              float(batch['scale'][i]), tuple(batch['orig_hw'][i]), self.cat_ids,
-              mask_threshold=self.config.model.test.mask_threshold))
+      for i in keep:
+        image = [{k: v[i] for k, v in det.items()} for det in dets]
+        for out, found in zip(results, self._image_results(batch, i, image)):
+          out.extend(found)
       t_model += t1 - t0
       t_host += time.time() - t1
     return results, n_images, {'seconds_model': t_model, 'seconds_host_postprocess': t_host}
+
+  def _image_results(self, batch, i, per_gamma):
+    """COCO results of image ``i`` of ``batch`` for each gamma's detections.
+
+    A detection is a proposal (``roi_index``) and a class; its box and mask do
+    not depend on gamma, only its score does, so each pair's box, mask paste
+    and RLE are computed once for all gammas.
+    """
+    done = {}                                  # (roi, class) -> result without score
+    out = []
+    for det in per_gamma:
+      valid = np.asarray(det['valid'], bool)
+      keys = list(zip(det['roi_index'][valid].tolist(), det['classes'][valid].tolist()))
+      new = np.asarray([key not in done for key in keys], bool)
+      if new.any():
+        subset = {k: np.asarray(v)[valid][new] for k, v in det.items()}
+        fresh = image_results(int(batch['image_id'][i]), subset, float(batch['scale'][i]),
+                              tuple(batch['orig_hw'][i]), self.cat_ids,
+                              mask_threshold=self.config.model.test.mask_threshold)
+        done.update(zip([k for k, n in zip(keys, new) if n], fresh))
+      out.append([dict(done[key], score=float(score))
+                  for key, score in zip(keys, det['scores'][valid])])
+    return out
 
   def score(self, results, results_file: Optional[str]) -> Dict[str, object]:
     """Box and mask numbers of one results list (ZSD/GZSD and ZSI/GZSI)."""

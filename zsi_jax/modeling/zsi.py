@@ -53,7 +53,7 @@ class ZSIModel(nn.Module):
   box_head: SemanticBoxHead
   mask_head: SemanticMaskHead
   sync_bg: SyncBg
-  vocabulary_size: int = 0
+  vocabulary_size: int
 
   def setup(self):
     if self.vocabulary_size:
@@ -133,7 +133,8 @@ class ZSIModel(nn.Module):
     Returns:
       dict of ``boxes`` [B, N, 4], ``scores`` [B, N], ``classes`` [B, N] (index
       into ``class_vectors``, -1 empty), ``masks`` [B, N, 28, 28] probabilities,
-      ``valid`` [B, N]; N = the box head's ``test.max_detections``.
+      ``valid`` [B, N], ``roi_index`` [B, N] (the proposal of each detection,
+      -1 empty); N = the box head's ``test.max_detections``.
     """
     candidates = self.candidates(images, input_hw, class_vectors, class_valid, seen_vectors,
                                  seen_valid, scoring)
@@ -166,7 +167,7 @@ class ZSIModel(nn.Module):
                                candidates['deltas'], input_hw)
     masks = self.mask_head.inference(candidates['features'], det, space('mask'), scoring)
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'], masks=masks,
-                valid=det['valid'])
+                valid=det['valid'], roi_index=det['roi_index'])
 
   def _space(self, head, v_b, class_vectors, class_valid, seen_vectors, seen_valid):
     return ClassSpace.build(self.background_for(head, v_b), class_vectors, class_valid,
