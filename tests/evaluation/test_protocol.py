@@ -75,6 +75,19 @@ def test_gzsi_seen_unseen_harmonic_mean():
   assert m['unseen_map@0.5'] == pytest.approx(51 / 101)
 
 
+def test_categories_keep_the_split_order_when_it_is_not_sorted():
+  # COCOeval sorts category ids internally; each number must still belong to
+  # its own category when the split lists them unsorted (GZSI: seen then
+  # unseen, with interleaved ids). Category 3 (seen) is found, 1 and 2 are not.
+  gt = make_gt([(1, 1, (10, 10, 20, 20)), (1, 2, (50, 50, 20, 20)), (2, 3, (10, 10, 20, 20))])
+  res = [det(2, 3, (10, 10, 20, 20), 0.9), det(1, 3, (70, 70, 10, 10), 0.5)]
+  m = protocol.zsi_metrics(gt, res, 'bbox', [3, 1, 2], seen_cat_ids=[3])
+  assert m['per_class'][3] == (pytest.approx(1.0), pytest.approx(1.0))
+  assert m['per_class'][1] == (0.0, 0.0) and m['per_class'][2] == (0.0, 0.0)
+  assert m['seen_map@0.5'] == pytest.approx(1.0) and m['unseen_map@0.5'] == 0.0
+  assert m['seen_recall@100'] == pytest.approx(1.0) and m['unseen_recall@100'] == 0.0
+
+
 def test_matches_stock_cocoeval_at_iou_05():
   rng = np.random.default_rng(0)
   anns, res = [], []

@@ -123,8 +123,10 @@ def run_cocoeval(gt: COCO, results: List[dict], iou_type: str, cat_ids: Sequence
     ev.accumulate()
   area_all = ev.params.areaRngLbl.index('all')
   m100 = ev.params.maxDets.index(100)
-  recall = ev.eval['recall'][:, :, area_all, m100].astype(np.float64)        # [T, K]
-  prec = ev.eval['precision'][:, :, :, area_all, m100].astype(np.float64)    # [T, R, K]
+  # COCOeval sorts its category ids; its results come back in the split's order.
+  order = [list(ev.params.catIds).index(c) for c in cat_ids]
+  recall = ev.eval['recall'][:, order, area_all, m100].astype(np.float64)        # [T, K]
+  prec = ev.eval['precision'][:, :, order, area_all, m100].astype(np.float64)    # [T, R, K]
   ap = np.full((t, k), np.nan)
   for i in range(t):
     for j in range(k):
