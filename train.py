@@ -51,7 +51,7 @@ def run(config, workdir, hooks=()):
   return loop.train(config, workdir, data, loader.train_iterator, loader.steps_per_epoch,
                     total_steps=config.total_steps or None,
                     eval_fn=make_eval_fn(config, info) if config.eval_every else None,
-                    hooks=hooks)
+                    hooks=hooks, data_order=loader.describe())
 
 
 def make_eval_fn(config, info):

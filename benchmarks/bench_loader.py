@@ -4,9 +4,17 @@ Two datasets: ZSI-Shapes (128x128 PNGs, configs/shapes.py sizes) and synthetic
 COCO-sized images (640x480 JPEGs with a few polygon instances each, loaded at
 scale (800, 1333) into the padded 1344x1344 canvas of configs/coco_common.py).
 Each pipeline yields training batches (shuffle + flip); the first batch
-(start-up, worker spawn) is not timed.
+(start-up, worker spawn) is not timed. grain runs with 0 (decoding in the
+main process), 1, 2, 4, ... worker processes up to the CPU count; the table
+gives images/second, per core used, and how many cores a host needs to feed
+8 accelerators at --step_rate images/second each (default: the train-step
+rate measured on one H100, docs/PERFORMANCE.md).
 
-Usage: python benchmarks/bench_loader.py [--batches 8] [--threads 2] [--workers 2]
+Images are decoded in full: Pillow's JPEG draft mode (decoding at 1/2, 1/4,
+1/8 scale) only helps when the image shrinks, and COCO's 640x480 photos grow
+to 1067x800 under the paper's (800, 1333) resize.
+
+Usage: python benchmarks/bench_loader.py [--batches 8] [--threads 2] [--step_rate 67]
 """
 from __future__ import annotations
 
@@ -83,7 +91,7 @@ def bench(name, ann_file, image_dir, out_dir, args):
   rows.append((f'Loader ({args.threads} threads)',
                images_per_second(loader.train_iterator(0), args.batches, args.batch_size)))
   one = gp.grain.sharding.ShardOptions(shard_index=0, shard_count=1)
-  for workers in sorted({0, args.workers}):
+  for workers in worker_counts(os.cpu_count()):
     g = gp.from_tfds(out_dir, 'train', shard_options=one, worker_count=workers,
                      num_threads=args.threads, **kw)
     label = f'grain ({workers} workers, {args.threads} threads)'
@@ -91,12 +99,29 @@ def bench(name, ann_file, image_dir, out_dir, args):
   return rows
 
 
+def worker_counts(cpus: int):
+  """0, 1, 2, 4, ... up to ``cpus`` (and ``cpus`` itself)."""
+  counts, n = [0], 1
+  while n < cpus:
+    counts.append(n)
+    n *= 2
+  return counts + [cpus]
+
+
+def cores_used(label: str) -> int:
+  """Cores a pipeline row keeps busy: its worker processes, or the main process."""
+  if label.startswith('grain (') and not label.startswith('grain (0 '):
+    return int(label.split('(')[1].split()[0])
+  return 1
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--batches', type=int, default=8, help='timed batches per pipeline')
   p.add_argument('--batch_size', type=int, default=8)
   p.add_argument('--threads', type=int, default=2)
-  p.add_argument('--workers', type=int, default=2, help='grain worker processes (besides 0)')
+  p.add_argument('--step_rate', type=float, default=67.1,
+                 help='images/second one accelerator trains at (H100, float32, 800x1344)')
   p.add_argument('--coco_images', type=int, default=32)
   p.add_argument('--workdir', default=None, help='where the data goes (default: a temp dir)')
   args = p.parse_args()
@@ -117,12 +142,17 @@ def main():
       os.path.join(work, 'shapes_tfds'), args))]
   table.append(('synthetic 640x480 JPEG -> 1344x1344', bench(
       'coco', cjson, os.path.join(croot, 'images'), os.path.join(work, 'coco_tfds'), args)))
-  print(f'\nbatch {args.batch_size}, {args.batches} timed batches, {os.cpu_count()} CPUs')
-  print(f'| {"dataset":<36} | {"pipeline":<28} | {"images/s":>9} |')
-  print(f'|{"-" * 38}|{"-" * 30}|{"-" * 11}|')
+  need = 8 * args.step_rate
+  print(f'\nbatch {args.batch_size}, {args.batches} timed batches, {os.cpu_count()} CPUs; '
+        f'8 accelerators at {args.step_rate:g} images/s need {need:.0f} images/s')
+  print(f'| {"dataset":<36} | {"pipeline":<28} | {"images/s":>9} | {"per core":>8} | '
+        f'{"cores for 8":>11} |')
+  print(f'|{"-" * 38}|{"-" * 30}|{"-" * 11}|{"-" * 10}|{"-" * 13}|')
   for dataset, rows in table:
     for label, ips in rows:
-      print(f'| {dataset:<36} | {label:<28} | {ips:9.1f} |')
+      per_core = ips / cores_used(label)
+      print(f'| {dataset:<36} | {label:<28} | {ips:9.1f} | {per_core:8.1f} | '
+            f'{need / per_core:11.0f} |')
 
 
 if __name__ == '__main__':

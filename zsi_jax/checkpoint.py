@@ -31,23 +31,32 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+# A checkpoint holds the train state (item 'default', the only item of
+# checkpoints written before the data item existed) and the input pipeline's
+# state (item 'data': the next step and the order it belongs to).
+ITEMS = ('default', 'data')
+
+
 def make_manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the last ``keep`` checkpoints, saving every ``save_every`` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                          create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=ITEMS, options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, every: int,
-         force: bool = False) -> bool:
-  """Saves ``state`` at ``step`` when ``step`` is a multiple of ``every`` (or ``force``).
+         data_state: Optional[Dict[str, Any]] = None, force: bool = False) -> bool:
+  """Saves ``state`` and the input pipeline's ``data_state`` at ``step`` when
+  ``step`` is a multiple of ``every`` (or ``force``).
 
   The interval is checked here because orbax on its own also saves the first
   step of a run that has no checkpoint yet.
   """
   if not force and (every <= 0 or step % every):
     return False
-  return manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  return manager.save(step, args=ocp.args.Composite(default=ocp.args.StandardSave(state),
+                                                    data=ocp.args.JsonSave(data_state or {})),
+                      force=True)
 
 
 class CheckpointError(ValueError):
@@ -65,12 +74,17 @@ def _first_line(error: BaseException) -> str:
 
 
 def _read(manager: ocp.CheckpointManager, step: int, args):
-  """One checkpoint, verified: readable and every float array finite."""
+  """One checkpoint, verified: readable and every float array finite.
+
+  ``args``: orbax restore args, or a function of the step's folder returning them.
+  """
   where = os.path.join(str(manager.directory), str(step))
   try:
-    state = manager.restore(step, args=args)
+    state = manager.restore(step, args=args(where) if callable(args) else args)
   except Exception as e:  # orbax, TensorStore and OS errors alike mean: unreadable
     raise CheckpointError(f'checkpoint {step} ({where}) cannot be read: {_first_line(e)}') from e
+  if isinstance(state, ocp.args.Composite):
+    state = dict(state.items())
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     value = np.asarray(leaf)
     if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
@@ -118,11 +132,22 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any):
   """The newest good checkpoint in the structure and shardings of ``abstract_state``.
 
   A damaged newer checkpoint is reported, moved aside and skipped (training
-  then repeats the steps after the older one). Returns (state, step), or
-  (None, None) when there is no checkpoint.
+  then repeats the steps after the older one). Returns (state, step,
+  data_state), or (None, None, None) when there is no checkpoint; data_state
+  is None for checkpoints written before it was saved.
   """
   target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  return _newest_good(manager, ocp.args.StandardRestore(target), set_aside=True)
+
+  def args(folder):
+    items = dict(default=ocp.args.StandardRestore(target))
+    if os.path.isdir(os.path.join(folder, 'data')):
+      items['data'] = ocp.args.JsonRestore()
+    return ocp.args.Composite(**items)
+
+  restored, step = _newest_good(manager, args, set_aside=True)
+  if restored is None:
+    return None, None, None
+  return restored['default'], step, restored.get('data')
 
 
 def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[str, Any], int]:

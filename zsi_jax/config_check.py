@@ -27,6 +27,7 @@ CHOICES = {
     'model.mask_head.encoder': ENCODERS,
     'model.test.scoring': SCORINGS,
     'model.conv_impl': CONV_IMPLS,
+    'data.pipeline': ('threads', 'grain'),
 }
 
 # Keys of configs saved by earlier versions that no longer exist (their
@@ -35,6 +36,8 @@ RETIRED_KEYS = ('model.mask_head.mask_size',        # always 2 x roi_size
                 'model.mask_head.fused_backward',   # one bucketed mask loss
                 'data.vocabulary')                  # was never read
 RETIRED_VALUES = {('model.conv_impl', 'gemm'): 'auto', ('model.conv_impl', 'mixed'): 'auto'}
+# Keys that were renamed: old dotted key -> new one.
+RENAMED_KEYS = {'data.num_workers': 'data.threads'}
 
 
 class ConfigError(ValueError):
@@ -52,7 +55,8 @@ UNIT_CLOSED = (0, 1, True, True)           # [0, 1]
 RANGES = {
     'seed': NON_NEGATIVE,
     'data.image_size': POSITIVE, 'data.scale': POSITIVE, 'data.max_instances': POSITIVE,
-    'data.mask_gt_size': POSITIVE, 'data.batch_size': POSITIVE, 'data.num_workers': NON_NEGATIVE,
+    'data.mask_gt_size': POSITIVE, 'data.batch_size': POSITIVE, 'data.threads': NON_NEGATIVE,
+    'data.workers': NON_NEGATIVE,
     'data.max_classes': NON_NEGATIVE,
     'model.backbone.width': POSITIVE, 'model.backbone.frozen_stages': (0, 4, True, True),
     'model.fpn_channels': POSITIVE,
@@ -90,7 +94,7 @@ RANGES = {
     'eval_images': NON_NEGATIVE,
 }
 INTEGERS = {'seed', 'data.image_size', 'data.scale', 'data.max_instances', 'data.mask_gt_size',
-            'data.batch_size', 'data.num_workers', 'data.max_classes', 'model.backbone.depth',
+            'data.batch_size', 'data.threads', 'data.workers', 'data.max_classes', 'model.backbone.depth',
             'model.backbone.frozen_stages', 'model.fpn_channels', 'model.anchors.strides',
             'model.rpn.pre_nms_topk_train', 'model.rpn.post_nms_topk_train',
             'model.rpn.pre_nms_topk_test', 'model.rpn.post_nms_topk_test',
@@ -175,9 +179,18 @@ def complete(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A config saved by this or an earlier version, brought to today's keys.
 
   Keys the saved config lacks take today's defaults (``base_config``), retired
-  keys are dropped and retired values replaced by their successors.
+  keys are dropped, renamed keys moved and retired values replaced by their
+  successors.
   """
   saved = _drop(copy.deepcopy(dict(saved)), RETIRED_KEYS)
+  for old, new in RENAMED_KEYS.items():
+    value = _pop(saved, old)
+    if value is not None:
+      *parents, leaf = new.split('.')
+      node = saved
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = value
   config = base_config()
   _walk('', saved, config.to_dict())
   config.update_from_flattened_dict(_flatten(saved))
@@ -197,12 +210,16 @@ def _flatten(d: Mapping, prefix: str = ''):
   return out
 
 
+def _pop(d: dict, dotted: str):
+  """Removes and returns ``d[a][b]...`` for ``dotted`` 'a.b...' (None when absent)."""
+  *parents, leaf = dotted.split('.')
+  node = d
+  for p in parents:
+    node = node.get(p) if isinstance(node, Mapping) else None
+  return node.pop(leaf, None) if isinstance(node, dict) else None
+
+
 def _drop(d: dict, dotted_keys):
   for dotted in dotted_keys:
-    *parents, leaf = dotted.split('.')
-    node = d
-    for p in parents:
-      node = node.get(p) if isinstance(node, Mapping) else None
-    if isinstance(node, dict):
-      node.pop(leaf, None)
+    _pop(d, dotted)
   return d

@@ -65,7 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
       max_instances=100,                   # per image; more are counted and reported
       mask_gt_size=56,                     # ground-truth masks cropped to their box at M x M
       batch_size=8,                        # global, over all devices and processes
-      num_workers=2,                       # decoding threads
+      # How batches are read: 'threads' (a thread pool over the COCO files of
+      # data.root) or 'grain' (the TFDS array_record dataset in data.tfds_dir,
+      # written by data_prep/make_tfds.py, with data.workers worker processes).
+      pipeline='threads',
+      tfds_dir='',
+      threads=2,                           # decoding threads (per worker process under grain)
+      workers=0,                           # grain worker processes (0: decode in the trainer)
       max_classes=0,                       # rows of the padded class matrix; 0: the split's
   )
   c.model = model_config()

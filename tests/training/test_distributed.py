@@ -41,6 +41,19 @@ def data_root(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope='module')
+def tfds_dir(data_root, tmp_path_factory):
+  """The same dataset as TFDS array_record, for data.pipeline='grain'."""
+  out = str(tmp_path_factory.mktemp('tfds'))
+  _run(['data_prep/make_tfds.py', '--root', data_root, '--out', out, '--splits', 'train'])
+  return out
+
+
+def _grain(tfds_dir, workers=2):
+  return ['--config.data.pipeline=grain', f'--config.data.tfds_dir={tfds_dir}',
+          f'--config.data.workers={workers}']
+
+
 def _metrics(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
@@ -94,24 +107,32 @@ def _train_cmd(data_root, workdir, epochs, *extra):
           '--config.checkpoint_every=4', '--config.keep_checkpoints=10'] + list(extra)
 
 
-def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(data_root, tmp_path):
+@pytest.mark.parametrize('pipeline', ['threads', 'grain'])
+def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted(data_root, tfds_dir, tmp_path,
+                                                                  pipeline):
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  extra = _grain(tfds_dir) if pipeline == 'grain' else []
   # The three runs compile the same train step: share it through JAX's
   # persistent compilation cache (the same executable, so the same numerics).
   cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   # A long run that SIGKILLs itself once its step-4 checkpoint is on disk (a
-  # step hook injected by kill_run.py: a kill at a known step, without a race).
-  cmd = _train_cmd(data_root, killed, 1000)
-  r = subprocess.run([sys.executable, 'tests/training/kill_run.py', '4'] + cmd[1:], cwd=ROOT,
-                     env=_env(**cache), capture_output=True, text=True, timeout=600)
+  # step hook injected by hooked_run.py: a kill at a known step, without a race).
+  cmd = _train_cmd(data_root, killed, 1000, *extra)
+  r = subprocess.run([sys.executable, 'tests/training/hooked_run.py', '--kill_at=4'] + cmd[1:],
+                     cwd=ROOT, env=_env(**cache), capture_output=True, text=True, timeout=600,
+                     start_new_session=True)
   assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
   ckpts = os.path.join(killed, 'checkpoints')
   assert ocp.CheckpointManager(ckpts).latest_step() == 4
+  with open(os.path.join(ckpts, '4', 'data', 'metadata')) as f:
+    data_state = json.load(f)
+  assert data_state['next_step'] == 4 and data_state['pipeline'] == pipeline
+  assert data_state['num_records'] == 8 and data_state['batch_size'] == 2
   # Resume to step 8 and compare with a run that was never interrupted. The
   # two are independent processes (own workdirs, the step already compiled
   # in the cache): run them side by side on the two cores, then compare.
-  procs = [subprocess.Popen([sys.executable] + _train_cmd(data_root, w, 2), cwd=ROOT,
+  procs = [subprocess.Popen([sys.executable] + _train_cmd(data_root, w, 2, *extra), cwd=ROOT,
                             env=_env(**cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
            for w in (killed, straight)]
@@ -129,22 +150,42 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_train_and_checkpoint(data_root, tmp_path):
+def test_two_processes_on_localhost_train_and_checkpoint(data_root, tfds_dir, tmp_path):
+  # Under grain (worker processes), each process reads its own shard: the
+  # two halves of every global batch hold different images, together the
+  # batch of the order (seed, step).
   workdir = str(tmp_path / 'multi')
   port = _free_port()
+  ids = [str(tmp_path / f'ids{i}.json') for i in range(2)]
+  cmd = _train_cmd(data_root, workdir, 1, '--config.total_steps=3', '--config.checkpoint_every=3',
+                   '--config.data.batch_size=4', *_grain(tfds_dir, workers=1))
   procs = [subprocess.Popen(
-      [sys.executable] + _train_cmd(data_root, workdir, 1, '--config.total_steps=2',
-                                    '--config.checkpoint_every=2') +
+      [sys.executable, 'tests/training/hooked_run.py', f'--record_ids={ids[i]}'] + cmd[1:] +
       ['--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
        f'--process_id={i}'], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
   m = _metrics(workdir)
-  assert [r['step'] for r in m] == [1, 2]  # written once, by process 0
+  assert [r['step'] for r in m] == [1, 2, 3]  # written once, by process 0
   assert all(np.isfinite(r['total']) for r in m)
+  seen = []
+  for path in ids:
+    with open(path) as f:
+      seen.append(json.load(f))
+  from zsi_jax.data import datasets
+  from zsi_jax.data.input_pipeline import BatchPlan, load_coco
+  info = datasets.load_dataset(data_root)
+  records, _ = load_coco(info.annotation_file('train'), info.image_dir('train'),
+                         info.cat_ids(info.seen))
+  plan = BatchPlan(len(records), 4, 0, 1, seed=0)
+  for step in (1, 2, 3):
+    a, b = seen[0][str(step)], seen[1][str(step)]
+    assert len(a) == len(b) == 2 and not set(a) & set(b), (step, a, b)
+    order = [records[plan.train_item(step - 1, slot)[0]]['image_id'] for slot in range(4)]
+    assert a + b == order
 
 
 @pytest.mark.parametrize('override,message', [

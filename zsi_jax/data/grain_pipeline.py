@@ -80,19 +80,22 @@ class GrainLoader:
     worker_count: grain worker processes (0: decode in this process).
     num_threads: threads that build batches in each process.
     prefetch: batches buffered ahead, per thread pool and per worker.
+    limit: > 0 reads only the split's first ``limit`` examples.
   """
 
   def __init__(self, source, batch_size: int, image_size: Sequence[int], scale: Sequence[int],
                max_instances: int, mask_size: int, train: bool, seed: int = 0,
                shard_options: Optional[grain.sharding.ShardOptions] = None,
-               worker_count: int = 0, num_threads: int = 2, prefetch: int = 2):
+               worker_count: int = 0, num_threads: int = 2, prefetch: int = 2,
+               limit: int = 0):
     if shard_options is None:
       import jax
       shard_options = grain.sharding.ShardOptions(shard_index=jax.process_index(),
                                                   shard_count=jax.process_count())
     self.source = source
-    self.plan = BatchPlan(len(source), batch_size, shard_options.shard_index,
-                          shard_options.shard_count, seed)
+    num = min(len(source), limit) if limit else len(source)
+    self.plan = BatchPlan(num, batch_size, shard_options.shard_index, shard_options.shard_count,
+                          seed)
     self.kw = dict(image_size=tuple(image_size), scale=tuple(scale),
                    max_instances=max_instances, mask_size=mask_size)
     self.train = train
@@ -102,6 +105,13 @@ class GrainLoader:
   @property
   def steps_per_epoch(self) -> int:
     return self.plan.steps_per_epoch
+
+  def describe(self):
+    return dict(pipeline='grain', **self.plan.describe())
+
+  def image_ids(self):
+    """COCO image ids of the examples read, in order."""
+    return [int(self.source[i]['image_id']) for i in range(self.plan.num_records)]
 
   def dataset(self, start_step: int = 0, train: Optional[bool] = None) -> grain.IterDataset:
     """The grain pipeline: training from ``start_step`` (endless) or one eval pass."""
@@ -129,7 +139,9 @@ class GrainLoader:
     it = iter(ds)
     try:
       for batch in it:
-        yield self.dropped(batch)
+        # Copied out of the worker processes' shared memory at once, so it is
+        # released while the run goes on, not left to interpreter exit.
+        yield self.dropped({k: np.array(v) for k, v in batch.items()})
     finally:  # closing the generator stops grain's threads and worker processes
       it.close()
 

@@ -223,6 +223,11 @@ class BatchPlan:
   def steps_per_epoch(self) -> int:
     return -(-self.num_records // self.batch_size)
 
+  def describe(self) -> Dict[str, int]:
+    """What the order is a function of, besides the step (saved with checkpoints)."""
+    return dict(num_records=self.num_records, batch_size=self.batch_size,
+                shard_count=self.shard_count, seed=self.seed)
+
   def _position(self, step: int, slot: int) -> int:
     return step * self.batch_size + self.shard_index * self.local + slot
 
@@ -302,6 +307,13 @@ class Loader:
   @property
   def steps_per_epoch(self):
     return self.plan.steps_per_epoch
+
+  def image_ids(self):
+    """COCO image ids of the records read, in order."""
+    return [r['image_id'] for r in self.records]
+
+  def describe(self):
+    return dict(pipeline='threads', **self.plan.describe())
 
   def batch(self, step: int) -> Dict[str, np.ndarray]:
     """This process's slice of the global batch at ``step`` (training order)."""

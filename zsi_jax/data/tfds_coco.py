@@ -25,7 +25,6 @@ in ``builder.info.metadata['splits'][split]['skipped']``, next to the split's
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -37,6 +36,7 @@ from PIL import Image
 
 from zsi_jax.data import datasets
 from zsi_jax.data.input_pipeline import load_coco, to_rle
+from zsi_jax.jsonio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -200,13 +200,7 @@ def _resolve(data_root: str, splits: Union[Sequence[str], SplitFiles],
 
 
 def _json_category_ids(ann_file: str) -> list:
-  try:
-    with open(ann_file) as f:
-      cats = json.load(f).get('categories', [])
-  except FileNotFoundError:
-    raise FileNotFoundError(f'annotation file not found: {ann_file}') from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{ann_file} is not valid JSON: {e}') from e
+  cats = read_json(ann_file, 'annotation file').get('categories', [])
   if not cats:
     raise ValueError(f'{ann_file}: no categories; pass cat_ids')
   return sorted(int(c['id']) for c in cats)

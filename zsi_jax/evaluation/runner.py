@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax.data import datasets
-from zsi_jax.data.input_pipeline import Loader, load_coco
+from zsi_jax.data.loaders import split_loader
 from zsi_jax.evaluation import protocol
 from zsi_jax.evaluation.results import image_results
 from zsi_jax.modeling.build import build_model
@@ -153,10 +153,10 @@ class _Split:
     self.ann_file = info.annotation_file(SETTINGS[setting])
     # Everything scoring needs is checked before the model runs.
     self.gt = protocol.load_ground_truth(self.ann_file, self.cat_ids)
-    self.records, _ = load_coco(self.ann_file, info.image_dir(SETTINGS[setting]), self.cat_ids)
+    self.loader = split_loader(config, info, SETTINGS[setting], self.cat_ids, train=False,
+                               max_images=max_images, single_process=True)
     if max_images:
-      self.records = self.records[:max_images]
-      self.gt = _subset(self.gt, [r['image_id'] for r in self.records])
+      self.gt = _subset(self.gt, self.loader.image_ids())
     self.model = build_model(config.model, info.background, len(info.seen), training=False)
 
   def detect(self, variables, gammas: Sequence[float], progress: bool):
@@ -171,9 +171,7 @@ class _Split:
         v, im, hw, cv, cm, sv, sm, scoring, method=ZSIModel.candidates))
     finish = jax.jit(lambda v, c, hw, g: model.apply(
         v, c, hw, cv, cm, sv, sm, scoring, g, method=ZSIModel.finish))
-    d = self.config.data
-    loader = Loader(self.records, d.batch_size, d.image_size, d.scale, d.max_instances,
-                    d.mask_gt_size, train=False, process_index=0, process_count=1)
+    loader = self.loader
     results = [[] for _ in gammas]
     t_model = t_host = 0.0
     n_images = 0

@@ -24,8 +24,8 @@ from zsi_jax.training.train_step import TrainState, build_training
 logger = logging.getLogger(__name__)
 
 # Called after every step, once its checkpoint (if any) has been handed to
-# orbax: ``hook(step, state, checkpoint_manager)``.
-StepHook = Callable[[int, TrainState, Any], None]
+# orbax: ``hook(step, state, checkpoint_manager, local_batch)``.
+StepHook = Callable[[int, TrainState, Any, Dict[str, np.ndarray]], None]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,18 +39,13 @@ def training_data(config: ml_collections.ConfigDict, info) -> Tuple[Any, Dict[st
     config: experiment config (``data.*``, ``seed``).
     info: ``datasets.DatasetInfo`` of the dataset.
   Returns:
-    (Loader, data): pass ``loader.train_iterator`` and ``loader.steps_per_epoch``
-    with ``data`` to :func:`train`.
+    (loader, data): pass ``loader.train_iterator``, ``loader.steps_per_epoch``
+    and ``loader.plan`` with ``data`` to :func:`train`.
   """
-  from zsi_jax.data.input_pipeline import Loader, load_coco
-  records, counts = load_coco(info.annotation_file('train'), info.image_dir('train'),
-                              info.cat_ids(info.seen))
-  logger.info('train: %d images; skipped annotations: %s', len(records), counts)
-  d = config.data
-  loader = Loader(records, d.batch_size, d.image_size, d.scale, d.max_instances, d.mask_gt_size,
-                  train=True, seed=config.seed, num_threads=max(d.num_workers, 2))
+  from zsi_jax.data.loaders import split_loader
+  loader = split_loader(config, info, 'train', info.cat_ids(info.seen), train=True)
   data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
-              image_size=tuple(d.image_size))
+              image_size=tuple(config.data.image_size))
   return loader, data
 
 
@@ -60,7 +55,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           steps_per_epoch: int,
           total_steps: Optional[int] = None,
           eval_fn: Optional[Callable[[TrainState, int], Dict[str, float]]] = None,
-          hooks: Sequence[StepHook] = ()) -> TrainState:
+          hooks: Sequence[StepHook] = (),
+          data_order: Optional[Dict[str, Any]] = None) -> TrainState:
   """Trains (or resumes) and returns the final state.
 
   Args:
@@ -75,6 +71,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     total_steps: defaults to ``num_epochs * steps_per_epoch``.
     eval_fn: optional periodic evaluation ``(state, step) -> scalars``.
     hooks: called after every step (:data:`StepHook`).
+    data_order: what the input order is a function of besides the step (the
+      loader's ``describe()``); saved with every checkpoint beside the next
+      step, and compared on resuming.
   """
   config_check.validate(config)
   total_steps = int(total_steps or config.num_epochs * steps_per_epoch)
@@ -92,10 +91,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   manager = ckpt_lib.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
   if jax.process_index() == 0:
     ckpt_lib.save_config(workdir, config)
-  restored, start = ckpt_lib.restore(manager, state)
+  restored, start, data_state = ckpt_lib.restore(manager, state)
   if restored is not None:
     state = jax.device_put(restored, repl)
     logger.info('resumed from step %d', start)
+    _check_data_state(data_state, data_order, int(state.step))
   start = int(state.step)
 
   step_fn = jax.jit(run.step, in_shardings=(repl, mesh_lib.data_sharded(mesh), repl, repl),
@@ -111,7 +111,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   steps_since = 0
   try:
     for step in range(start, total_steps):
-      batch = mesh_lib.global_batch(next(it), mesh)
+      local = next(it)
+      batch = mesh_lib.global_batch(local, mesh)
       state, metrics = step_fn(state, batch, cv, cm)
       steps_since += 1
       done = step + 1
@@ -137,15 +138,35 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         writer.write(done, scalars)
         bar.set_postfix(loss=f"{m['total']:.3f}", lr=f"{scalars['learning_rate']:.4f}")
       bar.update(1)
-      ckpt_lib.save(manager, done, state, config.checkpoint_every, force=done == total_steps)
+      ckpt_lib.save(manager, done, state, config.checkpoint_every,
+                    data_state=dict(next_step=done, **(data_order or {})),
+                    force=done == total_steps)
       for hook in hooks:
-        hook(done, state, manager)
+        hook(done, state, manager, local)
       if eval_fn is not None and config.eval_every and done % config.eval_every == 0:
         scalars = eval_fn(state, done)
         if scalars:
           writer.write(done, scalars)
   finally:
     bar.close()
+    if hasattr(it, 'close'):          # stops a pipeline's threads and worker processes
+      it.close()
     manager.wait_until_finished()
     writer.close()
   return state
+
+
+def _check_data_state(saved: Optional[Dict[str, Any]], order: Optional[Dict[str, Any]],
+                      step: int):
+  """Compares the input state saved with a checkpoint with this run's."""
+  if saved is None:
+    return                            # written before the input state was saved
+  if saved.get('next_step') != step:
+    raise ValueError(f'the checkpoint of step {step} holds the input state of step '
+                     f'{saved.get("next_step")}: it is inconsistent')
+  changed = [f'{k} {saved[k]} -> {v}' for k, v in (order or {}).items()
+             if k in saved and saved[k] != v and k != 'pipeline']
+  if changed:
+    logger.warning('the input order differs from the checkpoint\'s (%s): the resumed run '
+                   'continues at step %d of the new order, not where the old one stopped',
+                   ', '.join(changed), step)

@@ -1,0 +1,49 @@
+"""Writes the TFDS array_record dataset of a prepared dataset root, for data.pipeline='grain'.
+
+python data_prep/make_tfds.py --root DATASET_ROOT --out TFDS_DIR [--splits train,val,test_zsi,test_gzsi]
+
+DATASET_ROOT is ZSI-Shapes (data_prep/make_shapes.py) or a COCO split made by
+data_prep/make_coco_splits.py. Each split's classes are the ZSI setting's
+(train and val: seen; test_zsi: unseen; test_gzsi: all); annotations that are
+skipped (other categories, degenerate boxes) are counted in the dataset's
+metadata and printed. Then train with
+  --config.data.pipeline=grain --config.data.tfds_dir=TFDS_DIR
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from zsi_jax import cli  # noqa: E402
+from zsi_jax.data import tfds_coco  # noqa: E402
+
+SPLITS = ('train', 'val', 'test_zsi', 'test_gzsi')
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--root', required=True, help='a prepared dataset root (with split.json)')
+  p.add_argument('--out', required=True, help='the TFDS data dir to write')
+  p.add_argument('--splits', default=','.join(SPLITS), help='comma-separated annotation splits')
+  p.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
+  a = p.parse_args()
+  splits = [s for s in a.splits.split(',') if s]
+  missing = [s for s in splits
+             if not os.path.exists(os.path.join(a.root, 'annotations', f'{s}.json'))]
+  if missing:
+    raise FileNotFoundError(f'{a.root}/annotations/ has no {", ".join(missing)} '
+                            f'(.json); choose --splits from what it has')
+  t = time.time()
+  # TFDS shows a progress bar per split while it writes.
+  tfds_coco.build(a.root, splits, a.out, overwrite=a.overwrite)
+  for split in splits:
+    meta = tfds_coco.split_metadata(a.out, split)
+    print(f'{split}: {meta["images"]} images; skipped annotations: {meta["skipped"]}')
+  print(f'wrote {a.out} in {time.time() - t:.1f} s; train with --config.data.pipeline=grain '
+        f'--config.data.tfds_dir={a.out}')
+
+
+if __name__ == '__main__':
+  cli.main(lambda _: main())(None)

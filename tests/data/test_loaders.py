@@ -1,0 +1,91 @@
+"""The config's input pipeline: threads and grain give the same batches through
+train.py's and eval.py's own data path; grain's mistakes are named."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import tiny
+from zsi_jax.data import datasets, shapes, tfds_coco
+from zsi_jax.data.loaders import split_loader
+from zsi_jax.training import loop
+
+ROOT = __file__.rsplit('/tests/', 1)[0]
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  tfds.disable_progress_bar()
+  root = str(tmp_path_factory.mktemp('shapes'))
+  shapes.generate(root, shapes.ShapesConfig(image_size=64, num_train=10, num_val=2, num_test=3,
+                                            min_radius=8, max_radius=14, vector_dim=16),
+                  log=lambda *_: None)
+  out = str(tmp_path_factory.mktemp('tfds'))
+  r = subprocess.run([sys.executable, 'data_prep/make_tfds.py', '--root', root, '--out', out],
+                     cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'train: 10 images; skipped annotations' in r.stdout
+  return root, out
+
+
+def _config(root, pipeline, tfds_dir='', **data):
+  c = tiny.get_config()
+  c.data.root = root
+  c.data.batch_size = 4
+  c.data.pipeline = pipeline
+  c.data.tfds_dir = tfds_dir
+  c.data.update(data)
+  return c
+
+
+def _assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_grain_and_threads_give_the_same_training_batches(data, workers):
+  root, out = data
+  info = datasets.load_dataset(root)
+  threads, _ = loop.training_data(_config(root, 'threads'), info)
+  grain_, _ = loop.training_data(_config(root, 'grain', out, workers=workers), info)
+  assert threads.describe() == dict(grain_.describe(), pipeline='threads')
+  # From step 1 (a resumed run's position), across the epoch boundary.
+  a, b = threads.train_iterator(1), grain_.train_iterator(1)
+  for _ in range(4):
+    _assert_batches_equal(next(a), next(b))
+  b.close()
+
+
+def test_grain_and_threads_give_the_same_evaluation_batches(data):
+  root, out = data
+  info = datasets.load_dataset(root)
+  ids = info.cat_ids(info.unseen)
+  a = split_loader(_config(root, 'threads'), info, 'test_zsi', ids, train=False,
+                   single_process=True)
+  b = split_loader(_config(root, 'grain', out), info, 'test_zsi', ids, train=False,
+                   single_process=True)
+  batches = list(zip(a.eval_iterator(), b.eval_iterator()))
+  assert len(batches) == a.steps_per_epoch == 1
+  for x, y in batches:
+    _assert_batches_equal(x, y)
+  c = split_loader(_config(root, 'grain', out), info, 'test_zsi', ids, train=False,
+                   max_images=2, single_process=True)
+  assert c.image_ids() == a.image_ids()[:2]
+
+
+def test_grain_mistakes_are_named(data, tmp_path):
+  root, out = data
+  info = datasets.load_dataset(root)
+  seen = info.cat_ids(info.seen)
+  with pytest.raises(ValueError, match='needs config.data.tfds_dir; build it with'):
+    split_loader(_config(root, 'grain'), info, 'train', seen, train=True)
+  with pytest.raises(FileNotFoundError, match=r"no split 'val'; build it with .*make_tfds.py"):
+    only_train = str(tmp_path / 't')
+    tfds_coco.build(root, ['train'], only_train)
+    split_loader(_config(root, 'grain', only_train), info, 'val', seen, train=False)
+  with pytest.raises(ValueError, match="split 'train' was built for category ids"):
+    split_loader(_config(root, 'grain', out), info, 'train', seen[::-1], train=True)
