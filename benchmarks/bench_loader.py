@@ -108,11 +108,11 @@ def worker_counts(cpus: int):
   return counts + [cpus]
 
 
-def cores_used(label: str) -> int:
-  """Cores a pipeline row keeps busy: its worker processes, or the main process."""
-  if label.startswith('grain (') and not label.startswith('grain (0 '):
-    return int(label.split('(')[1].split()[0])
-  return 1
+def cores_used(label: str, threads: int, cpus: int) -> int:
+  """CPUs a pipeline row can keep busy: its decoding threads, in the main process
+  or in each worker process, at most the machine's."""
+  workers = int(label.split('(')[1].split()[0]) if label.startswith('grain (') else 0
+  return min(cpus, max(workers, 1) * threads)
 
 
 def main():
@@ -150,7 +150,7 @@ def main():
   print(f'|{"-" * 38}|{"-" * 30}|{"-" * 11}|{"-" * 10}|{"-" * 13}|')
   for dataset, rows in table:
     for label, ips in rows:
-      per_core = ips / cores_used(label)
+      per_core = ips / cores_used(label, args.threads, os.cpu_count())
       print(f'| {dataset:<36} | {label:<28} | {ips:9.1f} | {per_core:8.1f} | '
             f'{need / per_core:11.0f} |')
 
