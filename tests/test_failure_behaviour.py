@@ -86,7 +86,7 @@ def test_eval_checks_the_ground_truth_before_the_model_runs(workdir, data, tmp_p
 
   def model_must_not_run(*args, **kwargs):
     raise AssertionError('the model ran before the ground truth was checked')
-  monkeypatch.setattr(runner, 'Loader', model_must_not_run)
+  monkeypatch.setattr(runner, 'split_loader', model_must_not_run)
   with pytest.raises(ValueError, match=r"test_zsi.json: no 'categories' list"):
     runner.evaluate(workdir, 'zsi', data_root=broken, log=lambda *_: None)
 
