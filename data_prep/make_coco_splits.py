@@ -16,19 +16,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zsi_jax.data import splits  # noqa: E402
+from zsi_jax.jsonio import read_json  # noqa: E402
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       'zsi_jax', 'assets', 'coco_zsi')
-
-
-def read_json(path):
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'not found: {path}')
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON: {e}') from e
 
 
 def main(argv=None):
@@ -44,8 +35,8 @@ def main(argv=None):
   a = p.parse_args(argv)
   name, seen, unseen = splits.get_split(a.split)
   out = a.out or os.path.join(a.coco_root, f'zsi_{name}')
-  train = read_json(os.path.join(a.coco_root, a.train_json))
-  val = read_json(os.path.join(a.coco_root, a.val_json))
+  train = read_json(os.path.join(a.coco_root, a.train_json), 'COCO annotation file')
+  val = read_json(os.path.join(a.coco_root, a.val_json), 'COCO annotation file')
   tr, zsi, gzsi, counts = splits.make_zero_shot_splits(train, val, seen, unseen,
                                                        (a.train_json, a.val_json))
   os.makedirs(os.path.join(out, 'annotations'), exist_ok=True)
