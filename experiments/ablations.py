@@ -185,6 +185,12 @@ def gzsi_row(m: Dict[str, dict]) -> List[float]:
           g['hm_recall@100'], g['hm_map@0.5']]
 
 
+def _at_gamma_zero(curve: dict, key: str) -> float:
+  """A calibration curve's ``key`` at the gamma closest to 0 (no calibration)."""
+  i = min(range(len(curve['gammas'])), key=lambda j: abs(curve['gammas'][j]))
+  return curve[key][i]
+
+
 def _direction(ours: float, ours_ref: float, paper: float, paper_ref: float) -> str:
   d_ours, d_paper = ours - ours_ref, paper - paper_ref
   if abs(d_ours) < 0.005:
@@ -241,13 +247,12 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
             '| | HM mAP at gamma 0 | AUSUC | oracle best HM mAP | oracle best gamma |',
             '|---|---|---|---|---|']
       for kind in ('mask', 'box'):
-        zero = lambda c: c['hm_map'][min(range(len(c['gammas'])), key=lambda i: abs(c['gammas'][i]))]
         curves = [sw[kind] for sw in sweeps]
         gammas = [c['best_gamma'] for c in curves]
         gamma_text = (f'{statistics.mean(gammas):.2f} ± {statistics.stdev(gammas):.2f}'
                       if len(gammas) > 1 else f'{gammas[0]:.2f}')
         L.append(f'| GZSI{" (mask)" if kind == "mask" else "D (box)"} | '
-                 f'{_mean_sd([zero(c) for c in curves])} | '
+                 f'{_mean_sd([_at_gamma_zero(c, "hm_map") for c in curves])} | '
                  f'{_mean_sd([c["ausuc_map"] for c in curves])} | '
                  f'{_mean_sd([c["best_hm_map"] for c in curves])} | {gamma_text} |')
       L.append('')
