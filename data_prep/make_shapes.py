@@ -1,8 +1,12 @@
 """Writes the ZSI-Shapes dataset (COCO format) and its class-vector files.
 
-python data_prep/make_shapes.py --out data/generated/zsi_shapes [--seed 0]
+python data_prep/make_shapes.py [--preset default|hard] [--out DIR] [--seed 0]
+
+--out defaults to data/generated/zsi_shapes (default preset) or
+data/generated/zsi_shapes_hard. The other flags override the preset's values.
 """
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -13,23 +17,28 @@ from zsi_jax.data import shapes  # noqa: E402
 
 
 def main():
-  d = shapes.ShapesConfig()
   p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument('--out', required=True)
-  p.add_argument('--seed', type=int, default=d.seed)
-  p.add_argument('--size', type=int, default=d.image_size, help='image side in pixels')
-  p.add_argument('--num-train', type=int, default=d.num_train)
-  p.add_argument('--num-val', type=int, default=d.num_val)
-  p.add_argument('--num-test', type=int, default=d.num_test)
-  p.add_argument('--dim', type=int, default=d.vector_dim, help='word-vector dimension')
+  p.add_argument('--preset', default='default', choices=sorted(shapes.PRESETS))
+  p.add_argument('--out', default='', help='default: data/generated/<preset name>')
+  p.add_argument('--seed', type=int)
+  p.add_argument('--size', type=int, help='image side in pixels (object sizes scale with it)')
+  p.add_argument('--num-train', type=int)
+  p.add_argument('--num-val', type=int)
+  p.add_argument('--num-test', type=int)
+  p.add_argument('--dim', type=int, help='word-vector dimension')
   a = p.parse_args()
-  cfg = shapes.ShapesConfig(seed=a.seed, image_size=a.size, num_train=a.num_train,
-                            num_val=a.num_val, num_test=a.num_test, vector_dim=a.dim,
-                            min_radius=d.min_radius * a.size / 128,
-                            max_radius=d.max_radius * a.size / 128)
+  d = shapes.PRESETS[a.preset]
+  given = lambda v, default: default if v is None else v
+  size = given(a.size, d.image_size)
+  cfg = dataclasses.replace(
+      d, seed=given(a.seed, d.seed), image_size=size, num_train=given(a.num_train, d.num_train),
+      num_val=given(a.num_val, d.num_val), num_test=given(a.num_test, d.num_test),
+      vector_dim=given(a.dim, d.vector_dim), min_radius=d.min_radius * size / d.image_size,
+      max_radius=d.max_radius * size / d.image_size)
+  out = a.out or os.path.join('data', 'generated', cfg.name)
   t = time.time()
-  shapes.generate(a.out, cfg)
-  print(f'wrote {a.out} in {time.time() - t:.1f} s')
+  shapes.generate(out, cfg)
+  print(f'wrote {out} in {time.time() - t:.1f} s')
 
 
 if __name__ == '__main__':

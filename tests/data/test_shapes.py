@@ -1,8 +1,10 @@
 """ZSI-Shapes: the split needs composition, files are valid COCO, generation is deterministic."""
+import dataclasses
 import hashlib
 import json
 
 import numpy as np
+import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -12,7 +14,7 @@ SMALL = shapes.ShapesConfig(num_train=30, num_val=5, num_test=20, vector_dim=32)
 
 
 def test_unseen_classes_are_new_combinations_of_seen_words():
-  seen, unseen = shapes.default_split()
+  seen, unseen = shapes.class_split()
   assert not set(seen) & set(unseen)
   seen_words = {w for n in seen for w in n.split()}
   for n in unseen:
@@ -21,7 +23,7 @@ def test_unseen_classes_are_new_combinations_of_seen_words():
 
 
 def test_class_vectors_norm_background_and_variants():
-  seen, unseen = shapes.default_split()
+  seen, unseen = shapes.class_split()
   names = seen + unseen
   v, bg = shapes.class_vectors(names, 32, 0)
   np.testing.assert_allclose(np.linalg.norm(v, axis=1), shapes.CLASS_NORM, rtol=1e-5)
@@ -70,8 +72,85 @@ def test_generate_writes_consistent_coco_and_is_deterministic(tmp_path):
 def test_occlusion_reduces_earlier_masks():
   rng = np.random.default_rng(0)
   cfg = shapes.ShapesConfig(min_radius=30, max_radius=31, min_visible_fraction=0.0)
-  _, inst, _ = shapes.render_image(rng, ['red circle'] * 4, cfg)
+  _, inst, counts = shapes.render_image(rng, ['red circle'] * 4, cfg)
   total = np.zeros((cfg.image_size, cfg.image_size), int)
   for _, m in inst:
     total += m
   assert total.max() <= 1  # visible masks never overlap
+
+
+def test_hard_preset_classes_and_rare_words():
+  hard = shapes.PRESETS['hard']
+  seen, unseen = shapes.class_split(hard)
+  assert (len(seen), len(unseen)) == (65, 15)
+  assert len({w for n in seen + unseen for w in n.split()}) > len(
+      {w for n in shapes.class_names() for w in n.split()})   # more attribute words
+  seen_words = {w for n in seen for w in n.split()}
+  rare = set(hard.rare_words)
+  for n in unseen:  # composable from seen words, and made of at least one rare word
+    assert set(n.split()) <= seen_words and set(n.split()) & rare
+  # Seen classes with rare words are drawn at rare_weight ** count of the rate.
+  p = shapes.class_weights(seen, hard)
+  by_name = dict(zip(seen, p))
+  assert np.isclose(by_name['cyan star'] / by_name['red star'], hard.rare_weight)
+  assert np.isclose(by_name['cyan ring'] / by_name['red star'], hard.rare_weight ** 2)
+  np.testing.assert_allclose(p.sum(), 1.0)
+
+
+def _word_counts(root, split):
+  coco = json.loads((root / 'annotations' / f'{split}.json').read_text())
+  names = {c['id']: c['name'] for c in coco['categories']}
+  counts = {}
+  for a in coco['annotations']:
+    for w in names[a['category_id']].split():
+      counts[w] = counts.get(w, 0) + 1
+  return counts, coco
+
+
+def test_hard_preset_is_harder_and_deterministic(tmp_path):
+  small = dict(num_train=120, num_val=2, num_test=30, vector_dim=16)
+  hard = dataclasses.replace(shapes.PRESETS['hard'], **small)
+  default = dataclasses.replace(shapes.PRESETS['default'], **small)
+  sh = shapes.generate(str(tmp_path / 'h'), hard, log=lambda *_: None)
+  sd = shapes.generate(str(tmp_path / 'd'), default, log=lambda *_: None)
+  shapes.generate(str(tmp_path / 'h2'), hard, log=lambda *_: None)
+  for rel in ('annotations/train.json', 'annotations/test_gzsi.json', 'images/train_000007.png',
+              'split.json'):
+    assert (tmp_path / 'h' / rel).read_bytes() == (tmp_path / 'h2' / rel).read_bytes(), rel
+  # More objects per image, more of them partly covered, and distractors drawn.
+  per_image = lambda s: s['train']['instances'] / s['train']['images']
+  assert per_image(sh) > 1.3 * per_image(sd)
+  assert sh['occluded_instances_kept'] > 2 * sd['occluded_instances_kept']
+  assert sd['distractors'] == 0 and sh['distractors'] >= 120   # 1-3 on every image
+  # Smaller objects.
+  area = lambda root: np.median([a['area'] for a in _word_counts(root, 'train')[1]['annotations']])
+  assert area(tmp_path / 'h') < 0.6 * area(tmp_path / 'd')
+  # The unseen classes' words are rarer in training than the other words.
+  counts, _ = _word_counts(tmp_path / 'h', 'train')
+  rare = set(hard.rare_words)
+  assert max(counts.get(w, 0) for w in rare) < min(c for w, c in counts.items() if w not in rare)
+  split = json.loads((tmp_path / 'h' / 'split.json').read_text())
+  assert split['name'] == 'zsi_shapes_hard' and len(split['unseen']) == 15
+
+
+def test_distractors_are_drawn_but_never_annotated():
+  # No clutter strokes, no instances: whatever object-colored pixels appear
+  # are the distractors', and nothing is annotated.
+  cfg = dataclasses.replace(shapes.PRESETS['hard'], strokes=(0, 1), distractors=(2, 2),
+                            min_radius=15.0)
+  img, inst, counts = shapes.render_image(np.random.default_rng(3), [], cfg)
+  assert inst == [] and counts.distractors == 2
+  vivid = ((img.min(-1) < 50) | (img.max(-1) > 215)).sum()   # the background stays in 60-190
+  assert vivid > 200
+  plain = dataclasses.replace(cfg, distractors=(0, 0))
+  img, _, counts = shapes.render_image(np.random.default_rng(3), [], plain)
+  assert counts.distractors == 0 and ((img.min(-1) < 50) | (img.max(-1) > 215)).sum() < 20
+  # With instances, the annotations are exactly the instances, in paint order.
+  _, inst, counts = shapes.render_image(np.random.default_rng(4), ['red circle', 'blue star'],
+                                        dataclasses.replace(cfg, min_visible_fraction=0.0))
+  assert counts.distractors == 2 and [n for n, _ in inst] == ['red circle', 'blue star']
+
+
+def test_unseen_classes_must_be_classes_of_the_preset():
+  with pytest.raises(ValueError, match='not "<color> <shape>"'):
+    shapes.class_split(dataclasses.replace(shapes.PRESETS['hard'], unseen=('red crescent',)))

@@ -29,7 +29,7 @@ def test_one_hot_vectors_give_unseen_classes_no_signal():
   image's content along the seen directions: the semantic encoder cannot
   transfer. With attribute vectors, unseen vectors overlap seen ones."""
   from zsi_jax.data import shapes
-  seen, unseen = shapes.default_split()
+  seen, unseen = shapes.class_split()
   names = seen + unseen
   sem, _ = shapes.class_vectors(names, 64, 0, 'semantic')
   onehot, _ = shapes.class_vectors(names, 64, 0, 'onehot')
