@@ -1,11 +1,11 @@
 """The paper's ablations, in shape, on ZSI-Shapes; writes docs/RESULTS.md.
 
-python experiments/ablations.py [--steps 1000] [--ablation_steps 600] [--seeds 0,1,2]
-                                [--only main,table1,...] [--out docs/RESULTS.md]
+python experiments/ablations.py [--preset default,hard] [--only main,table1,...]
+    [--seeds 0,1,2] [--steps 1000] [--ablation_steps 500] [--out docs/RESULTS.md]
 
 Each variant is ``configs/shapes.py`` plus ``--config.*`` overrides, trained
-with train.py and evaluated with eval.py (ZSI and GZSI) in its own workdir
-under --runs. A variant whose workdir already has its final checkpoint and
+with train.py on a ZSI-Shapes preset and evaluated with eval.py (ZSI and
+GZSI) in its own workdir under --runs, for every seed. A variant whose workdir already has its final checkpoint and
 metrics is not trained again, so an interrupted sweep resumes where it stopped.
 Each finished run's metrics are also kept in docs/results/ (committed), from
 which the tables can be rewritten alone (--skip_training), runs/ or not.
@@ -90,70 +90,85 @@ GROUPS = {
 }
 
 
-def run_dir(runs: str, name: str, seed: int, steps: int) -> str:
-  return os.path.join(runs, f'{SAME_CHECKPOINT.get(name, name)}_s{seed}_n{steps}')
-
+# name -> (data root, subfolder of --runs and of docs/results). The default
+# preset's runs and results keep the top folders.
+PRESETS = {'default': ('data/generated/zsi_shapes', ''),
+           'hard': ('data/generated/zsi_shapes_hard', 'hard')}
 
 # Every finished run's metrics are kept here (committed), so the tables can be
 # rewritten anywhere, after runs/ is gone (--skip_training).
 RESULTS_DIR = os.path.join(ROOT, 'docs', 'results')
 
 
-def metrics_path(workdir: str, name: str, setting: str) -> str:
-  run = os.path.basename(workdir).replace(SAME_CHECKPOINT.get(name, name), name, 1)
-  return os.path.join(RESULTS_DIR, f'{run}_{setting}.json')
+def run_dir(runs: str, preset: str, name: str, seed: int, steps: int) -> str:
+  return os.path.join(runs, PRESETS[preset][1], f'{SAME_CHECKPOINT.get(name, name)}_s{seed}_n{steps}')
 
 
-def run_variant(name: str, seed: int, steps: int, runs: str, data: str, log) -> Dict[str, dict]:
+def metrics_path(preset: str, name: str, seed: int, steps: int, setting: str) -> str:
+  return os.path.join(RESULTS_DIR, PRESETS[preset][1], f'{name}_s{seed}_n{steps}_{setting}.json')
+
+
+def finished(preset: str, name: str, seed: int, steps: int) -> Optional[Dict[str, dict]]:
+  """The stored metrics of a finished run, or None."""
+  settings = ('zsi', 'gzsi') + (('gzsi_calibration',) if name in CALIBRATION_SWEEP else ())
+  paths = {s: metrics_path(preset, name, seed, steps, s) for s in settings}
+  if not all(os.path.exists(p) for p in paths.values()):
+    return None
+  return {s: json.load(open(p)) for s, p in paths.items()}
+
+
+def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -> Dict[str, dict]:
   """Trains (unless done) and evaluates one variant; returns {setting: metrics}."""
+  done = finished(preset, name, seed, steps)
+  if done:
+    return done
   overrides, scoring = VARIANTS[name]
-  workdir = run_dir(runs, name, seed, steps)
-  done = {s: metrics_path(workdir, name, s) for s in ('zsi', 'gzsi')}
-  sweep_file = metrics_path(workdir, name, 'gzsi_calibration')
-  sweep = name in CALIBRATION_SWEEP
-  if all(os.path.exists(p) for p in done.values()) and (not sweep or os.path.exists(sweep_file)):
-    out = {s: json.load(open(p)) for s, p in done.items()}
-    if sweep:
-      out['gzsi_calibration'] = json.load(open(sweep_file))
-    return out
+  data = PRESETS[preset][0]
+  workdir = run_dir(runs, preset, name, seed, steps)
+  tag = f'[{preset} {name} seed {seed}]'
   t0 = time.time()
+  train_args = ['--config', 'configs/shapes.py', f'--config.seed={seed}',
+                f'--config.total_steps={steps}', f'--config.data.root={data}'] + [
+                    f'--config.{o}' for o in overrides]
   if name not in SAME_CHECKPOINT:
-    cmd = [sys.executable, 'train.py', '--config', 'configs/shapes.py', '--workdir', workdir,
-           f'--config.seed={seed}', f'--config.total_steps={steps}',
-           f'--config.data.root={data}'] + [f'--config.{o}' for o in overrides]
-    log(f'[{name} seed {seed}] ' + ' '.join(cmd[1:]))
-    _check(cmd, os.path.join(workdir + '.train.log'))
+    cmd = [sys.executable, 'train.py', '--workdir', workdir] + train_args
+    log(f'{tag} ' + ' '.join(cmd[1:]))
+    _check(cmd, workdir + '.train.log')
   train_s = time.time() - t0
   cmd = [sys.executable, 'eval.py', '--workdir', workdir, '--split', 'zsi,gzsi',
          '--scoring', scoring]
-  log(f'[{name} seed {seed}] ' + ' '.join(cmd[1:]))
-  _check(cmd, os.path.join(workdir + f'.eval_{scoring}.log'))
-  os.makedirs(RESULTS_DIR, exist_ok=True)
+  log(f'{tag} ' + ' '.join(cmd[1:]))
+  _check(cmd, workdir + f'.eval_{scoring}.log')
   out = {}
-  for setting, path in done.items():
+  for setting in ('zsi', 'gzsi'):
     with open(os.path.join(workdir, 'eval', f'{setting}_metrics.json')) as f:
       m = json.load(f)
     m['train_seconds'] = train_s
     m['wall_seconds'] = time.time() - t0
-    m['command'] = ' '.join(['python train.py --config configs/shapes.py', f'--config.seed={seed}',
-                             f'--config.total_steps={steps}']
-                            + [f'--config.{o}' for o in overrides])
-    with open(path + '.tmp', 'w') as f:
-      json.dump(m, f, indent=1)
-    os.replace(path + '.tmp', path)
+    m['command'] = ' '.join(['python train.py'] + train_args)
+    _write_json(metrics_path(preset, name, seed, steps, setting), m)
     out[setting] = m
-  if sweep:
+  if name in CALIBRATION_SWEEP:
     cmd = [sys.executable, 'eval.py', '--workdir', workdir, '--split', 'gzsi', '--scoring', scoring,
            '--calibration_sweep', str(CALIBRATION_SWEEP[name])]
-    log(f'[{name} seed {seed}] ' + ' '.join(cmd[1:]))
-    _check(cmd, os.path.join(workdir + '.calibration.log'))
-    shutil.copy(os.path.join(workdir, 'eval', 'gzsi_calibration.json'), sweep_file)
-    with open(sweep_file) as f:
+    log(f'{tag} ' + ' '.join(cmd[1:]))
+    _check(cmd, workdir + '.calibration.log')
+    with open(os.path.join(workdir, 'eval', 'gzsi_calibration.json')) as f:
       out['gzsi_calibration'] = json.load(f)
-    picture = os.path.join(ROOT, 'docs', 'gzsi_calibration.png')
+    _write_json(metrics_path(preset, name, seed, steps, 'gzsi_calibration'),
+                out['gzsi_calibration'])
     if seed == 0:
-      shutil.copy(os.path.join(workdir, 'eval', 'gzsi_calibration.png'), picture)
+      suffix = '' if preset == 'default' else f'_{preset}'
+      shutil.copy(os.path.join(workdir, 'eval', 'gzsi_calibration.png'),
+                  os.path.join(ROOT, 'docs', f'gzsi_calibration{suffix}.png'))
   return out
+
+
+def _write_json(path: str, value):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(path + '.tmp', path)
 
 
 def _check(cmd: List[str], log_file: str):
@@ -195,47 +210,99 @@ def gzsi_row(m: Dict[str, dict]) -> List[float]:
           g['hm_recall@100'], g['hm_map@0.5']]
 
 
+def mask_gap_row(m: Dict[str, dict]) -> List[float]:
+  """Box and mask recall at IoU 0.5 and 0.6, ZSI then GZSI, and ZSI mask mAP."""
+  out = []
+  for setting in ('zsi', 'gzsi'):
+    for iou in ('0.5', '0.6'):
+      out += [m[setting]['box'][f'recall@100_iou{iou}'], m[setting]['mask'][f'recall@100_iou{iou}']]
+  return out + [m['zsi']['mask']['map@0.5']]
+
+
 def _at_gamma_zero(curve: dict, key: str) -> float:
   """A calibration curve's ``key`` at the gamma closest to 0 (no calibration)."""
   i = min(range(len(curve['gammas'])), key=lambda j: abs(curve['gammas'][j]))
   return curve[key][i]
 
 
-def _direction(ours: float, ours_ref: float, paper: float, paper_ref: float) -> str:
-  d_ours, d_paper = ours - ours_ref, paper - paper_ref
-  if abs(d_ours) < 0.005:
-    return 'no change (<0.5)'
-  if abs(d_paper) < 0.1:
-    return 'paper: no change'
-  return 'agrees' if (d_ours > 0) == (d_paper > 0) else '**disagrees**'
+# A difference is called only when it exceeds the seeds' spread: the larger
+# standard deviation of the two rows, and at least half a point.
+MIN_CALLED_DIFFERENCE = 0.005
 
 
-def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[int], steps: int,
-                  ablation_steps: int, out: str):
-  """Writes docs/RESULTS.md from {variant: {seed: {setting: metrics}}}."""
-  first = lambda name: next(iter(res[name].values())) if res.get(name) else None
+def call_direction(ours: Sequence[float], ref: Sequence[float],
+                   paper_delta: Optional[float]) -> str:
+  """Our effect (variant minus reference, per-seed values as fractions) beside the paper's.
+
+  Returns 'not called (one seed)', 'within seed spread (+0.3)', or the sign
+  of our difference followed by 'agrees' / '**disagrees**' with the paper's
+  difference ``paper_delta`` (points; None or |delta| < 0.1: the paper shows
+  no change).
+  """
+  if len(ours) < 2 or len(ref) < 2:
+    return 'not called (one seed)'
+  d = statistics.mean(ours) - statistics.mean(ref)
+  spread = max(statistics.stdev(ours), statistics.stdev(ref), MIN_CALLED_DIFFERENCE)
+  text = f'{100 * d:+.1f}'
+  if abs(d) <= spread:
+    return f'within seed spread ({text})'
+  if paper_delta is None or abs(paper_delta) < 0.1:
+    return f'{text}; paper: no change'
+  return f'{text}; ' + ('agrees' if (d > 0) == (paper_delta > 0) else '**disagrees**')
+
+
+PRESET_TEXT = {
+    'default': ('ZSI-Shapes, default preset (`python data_prep/make_shapes.py`): 36 seen / 12 '
+                'unseen "<color> <shape>" classes (6 colors, 8 shapes), every unseen class a new '
+                'combination of a seen color and a seen shape; 2,000 training images, 296 test '
+                'images.'),
+    'hard': ('ZSI-Shapes, hard preset (`python data_prep/make_shapes.py --preset hard`): 65 '
+             'seen / 15 unseen classes of 8 colors and 10 shapes; the unseen classes are made '
+             'of six rarer words (their seen classes are drawn at 1/3 the rate in training), '
+             'objects are smaller (radius 7-20 px on 128 px), up to 7 per image and more '
+             'occluded, among more strokes and 1-3 shapes of no class; 2,000 training images, '
+             '297 test images.'),
+}
+
+
+def write_results(res: Dict[str, Dict[str, Dict[int, Dict[str, dict]]]], seeds: Sequence[int],
+                  steps: int, ablation_steps: int, out: str):
+  """Writes docs/RESULTS.md from {preset: {variant: {seed: {setting: metrics}}}}."""
   L = ['# Results on ZSI-Shapes', '',
-       'Produced by `python experiments/ablations.py` (this file is overwritten by it). '
-       'ZSI-Shapes: 36 seen / 12 unseen "<color> <shape>" classes, every unseen class a new '
-       'combination of a seen color and a seen shape; 2,000 training images, 296 test images '
-       '(`python data_prep/make_shapes.py`, seed 0). Class vectors: 64-d attribute vectors '
-       '(normalised sum of one fixed random vector per word). Metrics are the paper\'s protocol '
-       '(pycocotools COCOeval, IoU 0.4/0.5/0.6, Recall@100, mAP@0.5), in percent. The paper\'s '
-       'numbers are COCO 65/15 and are shown only for the direction of each effect: the '
-       'datasets differ, so the absolute values are not comparable.', '']
-  L += ['Hardware: 2-core CPU (no accelerator), JAX on CPU.', '',
-        'Reading the numbers: with 12 unseen classes and up to 100 detections per image, '
-        'Recall@100 is lenient (a box can be listed under several classes, so even weak '
-        'classification is often rewarded); mAP@0.5 is the number that measures whether the '
-        'unseen class is ranked right. Compare the controls below on both.', '']
+       'Produced by `python experiments/ablations.py` (this file is overwritten by it; '
+       '`--skip_training` rebuilds it from the committed metrics in `docs/results/`). Class '
+       'vectors: 64-d attribute vectors (normalised sum of one fixed random vector per word). '
+       'Metrics are the paper\'s protocol (pycocotools COCOeval, IoU 0.4/0.5/0.6, Recall@100, '
+       'mAP@0.5), in percent, mean ± sd over seeds. The paper\'s numbers are COCO 65/15 and are '
+       'shown only for the direction of each effect: the datasets differ, so the absolute '
+       'values are not comparable.', '',
+       f'A direction is called only where the difference of the means exceeds the seeds\' '
+       f'spread (the larger of the two rows\' standard deviations, and at least '
+       f'{100 * MIN_CALLED_DIFFERENCE:.1f} points); otherwise the row says "within seed '
+       'spread". Hardware: 2-core CPU (no accelerator), JAX on CPU.', '',
+       'Reading the numbers: with up to 100 detections per image, Recall@100 is lenient (a box '
+       'can be listed under several classes, so even weak classification is often rewarded); '
+       'mAP@0.5 is the number that measures whether the unseen class is ranked right. Compare '
+       'the controls on both.', '']
+  for preset in PRESETS:
+    if res.get(preset):
+      L += _preset_section(preset, res[preset], seeds, steps, ablation_steps)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, 'w') as f:
+    f.write('\n'.join(L) + '\n')
 
+
+def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
+                    seeds: Sequence[int], steps: int, ablation_steps: int) -> List[str]:
+  runs = lambda name: list(res.get(name, {}).values())
+  seeds_of = lambda name: ', '.join(map(str, sorted(res.get(name, {}))))
+  L = [f'## {preset.capitalize()} preset', '', PRESET_TEXT[preset], '']
   if not res.get('full'):
-    L += ['## Main result', '', f'Not run yet (`python experiments/ablations.py --only main '
-          f'--steps {steps}`).', '']
+    L += ['Main result: not run yet (`python experiments/ablations.py --preset '
+          f'{preset} --only main`).', '']
   else:
-    rows = list(res['full'].values())
-    L += [f'## Main result (default config, {steps} steps, seeds {", ".join(map(str, seeds))}; '
-          'mean ± sd)', '',
+    rows = runs('full')
+    L += [f'### Main result (default config, {steps} steps, seeds {seeds_of("full")})', '',
           '| | R@100 0.4 | R@100 0.5 | R@100 0.6 | mAP@0.5 |', '|---|---|---|---|---|']
     for kind, label in (('mask', 'ZSI (mask)'), ('box', 'ZSD (box)')):
       vals = [[r['zsi'][kind][k] for r in rows] for k in
@@ -249,11 +316,12 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
     L += ['| paper 65/15 | 67.1 | 38.7 | 58.9 | 13.6 | 62.8 | 20.1 |', '']
     sweeps = [r['gzsi_calibration'] for r in rows if 'gzsi_calibration' in r]
     if sweeps:
+      picture = 'gzsi_calibration.png' if preset == 'default' else f'gzsi_calibration_{preset}.png'
       L += [f'Calibrated GZSI (`eval.py --split gzsi --calibration_sweep '
             f'{len(sweeps[0]["mask"]["gammas"])}`: seen scores lowered by gamma in [-1, 1], '
             'IoU 0.5, mAP in percent). AUSUC is the area under unseen mAP against seen mAP '
             'over the sweep; the best gamma is chosen on the test labels (an oracle, not a '
-            'tuned setting). `docs/gzsi_calibration.png` is seed 0\'s curve.', '',
+            f'tuned setting). `docs/{picture}` is seed 0\'s curve.', '',
             '| | HM mAP at gamma 0 | AUSUC | oracle best HM mAP | oracle best gamma |',
             '|---|---|---|---|---|']
       for kind in ('mask', 'box'):
@@ -267,137 +335,145 @@ def write_results(res: Dict[str, Dict[int, Dict[str, dict]]], seeds: Sequence[in
                  f'{_mean_sd([c["best_hm_map"] for c in curves])} | {gamma_text} |')
       L.append('')
     secs = [r['zsi']['train_seconds'] for r in rows]
-    L += [f'Training wall time per seed: {statistics.mean(secs) / 60:.1f} min '
-          f'(evaluation of ZSI + GZSI included in the sweep wall time: '
-          f'{statistics.mean(r["zsi"]["wall_seconds"] for r in rows) / 60:.1f} min). '
-          f'Command: `{rows[0]["zsi"]["command"]} --config.data.root=data/generated/zsi_shapes` '
-          'then `python eval.py --workdir WORKDIR --split zsi,gzsi`.', '']
+    L += [f'Training wall time per seed: {statistics.mean(secs) / 60:.1f} min. Command: '
+          f'`{rows[0]["zsi"]["command"]}` then `python eval.py --workdir WORKDIR --split '
+          'zsi,gzsi`.', '']
 
-  def table(title, names, labels, paper, header, cols, note=''):
+  abl = f'{ablation_steps} steps'
+
+  def table(title, names, labels, cols, paper, col, header, note):
+    # ``col``: the column (of ``cols`` and of ``paper``) whose direction is called.
     have = [n for n in names if res.get(n)]
     if not have:
       return
-    L.extend([f'## {title}', '', note, '', header, '|' + '---|' * (header.count('|') - 1)])
     ref = names[0]
+    L.extend([f'### {title}', '', note, '', header, '|' + '---|' * (header.count('|') - 1)])
     for n in have:
-      ours = cols(first(n))
-      p = paper.get(n) if paper else None
+      per_seed = [cols(m) for m in runs(n)]
+      means = [_mean_sd([x[i] for x in per_seed]) for i in range(len(per_seed[0]))]
+      p = paper.get(n)
       direction = ''
-      if n != ref and res.get(ref) and p and paper.get(ref):
-        direction = _direction(ours[1], cols(first(ref))[1], p[1], paper[ref][1])
-      L.append(f'| {labels[n]} | ' + ' | '.join(_pct(x) for x in ours) + ' | '
+      if n != ref and res.get(ref):
+        paper_delta = p[col] - paper[ref][col] if p and paper.get(ref) else None
+        direction = call_direction([x[col] for x in per_seed], [cols(m)[col] for m in runs(ref)],
+                                   paper_delta)
+      L.append(f'| {labels[n]} | ' + ' | '.join(means) + ' | '
                + (' / '.join(f'{x:.1f}' for x in p) if p else '-') + f' | {direction} |')
     missing = [labels[n] for n in names if not res.get(n)]
     if missing:
-      group = [g for g, ns in GROUPS.items() if ns == names]
-      L.append(f'Not run yet: {", ".join(missing)} '
-               f'(`python experiments/ablations.py --only {group[0] if group else "..."}`).')
-    L.append('')
+      L.append(f'Not run yet: {", ".join(missing)}.')
+    L.extend(['', 'Seeds per row: ' + '; '.join(f'{labels[n]} {seeds_of(n)}' for n in have)
+              + '.', ''])
 
   t1_labels = {'zsd_smh_e': 'ZSD + SMH encoder (baseline)', 'smh_decoder': '+ SMH decoder',
                'det_decoder': '+ Det decoder', 'full_ref': '+ BA-RPN & Sync-bg (full)'}
-  abl = f'{ablation_steps} steps, seed {seeds[0]}'
-  table('Table 1: components', GROUPS['table1'], t1_labels, PAPER_T1,
+  table('Table 1: components', GROUPS['table1'], t1_labels, zsi_row, PAPER_T1, 1,
         '| variant | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 | ZSD mAP '
-        '| paper (R@0.4 / 0.5 / 0.6 / mAP) | direction of ZSI R@0.5 vs baseline |',
-        zsi_row, f'Each row adds to the one above ({abl}). One seed per row: over 3 seeds the '
-        'default model varied by about 0.7 points of ZSI R@0.5 and 7 of ZSI mAP (README), so '
-        'smaller differences are not evidence either way.')
+        '| paper (R@0.4 / 0.5 / 0.6 / mAP) | ZSI R@0.5 vs baseline |',
+        f'Each row adds to the one above ({abl}).')
   t5_labels = {'zsd_smh_e': 'RPN', 'ba_rpn': 'BA-RPN', 'sync_mask': 'BA-RPN & Sync-bg in mask',
                'sync_det': 'BA-RPN & Sync-bg in det', 'sync_both': 'BA-RPN & Sync-bg'}
-  table('Table 5: BA-RPN and Sync-bg', GROUPS['table5'], t5_labels, PAPER_T5,
+  table('Table 5: BA-RPN and Sync-bg', GROUPS['table5'], t5_labels, zsi_row, PAPER_T5, 1,
         '| variant | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 | ZSD mAP '
-        '| paper (ZSI R@0.4 / ZSI R@0.5 / ZSD R@0.5) | direction of ZSI R@0.5 vs RPN |',
-        zsi_row, f'All rows without decoders, as in the paper ({abl}). Sync-bg in the mask '
-        'head alone cannot change anything here: the mask loss and the mask output use only '
-        'the class channel of `[v_b; W]` (docs/REFERENCE_NOTES.md: BCE on the ground-truth class channel), '
-        'so the `v_b` channel is never read under direct scoring, and the mask rows equal the '
-        'rows without it to the last digit. The paper\'s numbers show no change there either.')
-
+        '| paper (ZSI R@0.4 / ZSI R@0.5 / ZSD R@0.5) | ZSI R@0.5 vs RPN |',
+        f'All rows without decoders, as in the paper ({abl}). Sync-bg in the mask head alone '
+        'cannot change anything here: the mask loss and the mask output use only the class '
+        'channel of `[v_b; W]` (docs/REFERENCE_NOTES.md: BCE on the ground-truth class '
+        'channel), so the `v_b` channel is never read under direct scoring, and the mask rows '
+        'equal the rows without it to the last digit. The paper\'s numbers show no change there '
+        'either.')
   t6_labels = {'full_ref': 'word vectors (attributes)', 'onehot': 'one-hot', 'random': 'random'}
-  have = [n for n in GROUPS['table6'] if res.get(n)]
-  if have:
-    L += ['## Table 6: the semantics carry the transfer', '',
-          'GZSI masks at IoU 0.5 and ZSI masks. One-hot: each class its own axis, so unseen '
-          'vectors are orthogonal to every seen one. Random: fixed random unit vectors (seeded) '
-          f'with no relation between classes that share a word ({abl}). '
-          'Recall@100 is lenient with 12 unseen classes: a model that cannot tell '
-          'them apart scores every unseen class of a box about equally, so each box '
-          'is listed under several classes and the right one is often among them '
-          '(see the ZSD box recall of the controls beside their box mAP); mAP is the '
-          'column that shows whether the right class wins.', '',
-          '| vectors | GZSI unseen R@100 | GZSI unseen mAP | GZSI seen R@100 | ZSI R@0.5 | ZSI mAP '
-          '| ZSD R@0.5 | ZSD mAP | paper unseen R@100 / mAP |',
-          '|---|---|---|---|---|---|---|---|---|']
-    for n in have:
-      m = first(n)
-      g = gzsi_row(m)
-      z = zsi_row(m)
-      p = PAPER_T6[n]
-      L.append(f'| {t6_labels[n]} | {_pct(g[2])} | {_pct(g[3])} | {_pct(g[0])} | {_pct(z[1])} '
-               f'| {_pct(z[3])} | {_pct(z[4])} | {_pct(z[5])} | {p[0]:.1f} / {p[1]:.1f} |')
-    L.append('')
+  t6_cols = lambda m: [gzsi_row(m)[2], gzsi_row(m)[3], gzsi_row(m)[0]] + [
+      zsi_row(m)[i] for i in (1, 3, 4, 5)]
+  paper_t6 = {n: (v[0], v[1]) for n, v in PAPER_T6.items()}
+  table('Table 6: the semantics carry the transfer', GROUPS['table6'], t6_labels, t6_cols,
+        paper_t6, 1,
+        '| vectors | GZSI unseen R@100 | GZSI unseen mAP | GZSI seen R@100 | ZSI R@0.5 | ZSI mAP '
+        '| ZSD R@0.5 | ZSD mAP | paper unseen R@100 / mAP | GZSI unseen mAP vs word vectors |',
+        'GZSI masks at IoU 0.5 and ZSI masks. One-hot: each class its own axis, so unseen '
+        'vectors are orthogonal to every seen one. Random: fixed random unit vectors (seeded) '
+        f'with no relation between classes that share a word ({abl}). Recall@100 is lenient: a '
+        'model that cannot tell the unseen classes apart scores every unseen class of a box '
+        'about equally, so each box is listed under several classes and the right one is often '
+        'among them (see the ZSD box recall of the controls beside their box mAP); mAP is the '
+        'column that shows whether the right class wins.')
+  scoring_cols = lambda m: zsi_row(m) + [gzsi_row(m)[i] for i in (2, 3, 5)]
+  table('Unseen scoring: direct (paper) vs projected through the seen vectors (authors\' code)',
+        GROUPS['scoring'], {'full_ref': 'direct', 'full_projected': 'projected'}, scoring_cols,
+        {}, 1,
+        '| scoring | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 | ZSD mAP '
+        '| GZSI unseen R | GZSI unseen mAP | GZSI HM mAP | paper | ZSI R@0.5 vs direct |',
+        f'Same checkpoints (the full model, {abl}).')
+  table('Sync-bg gradients: heads train v_b (paper, Algorithm 1) vs detached (authors\' code)',
+        GROUPS['gradients'], {'full_ref': 'on', 'sync_no_grad': 'off'}, zsi_row, {}, 1,
+        '| v_b gradients from heads | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 '
+        '| ZSD mAP | paper | ZSI R@0.5 vs on |',
+        f'({abl}; the paper has no number for this.)')
+  mask_labels = {'full': 'default (8 RoIs/image, 32 channels, 56 px targets, recon 0.5)',
+                 'mask_rois16': '16 mask RoIs per image', 'mask_wide': '16 RoIs, 64 channels',
+                 'mask_gt28': 'targets cropped at 28 px (no resampling)',
+                 'mask_recon01': 'mask decoder weight 0.1'}
+  table('Mask quality: what closes the gap between mask and box recall', GROUPS['masks'],
+        mask_labels, mask_gap_row, {}, 1,
+        '| mask head | ZSI box R@0.5 | ZSI mask R@0.5 | ZSI box R@0.6 | ZSI mask R@0.6 '
+        '| GZSI box R@0.5 | GZSI mask R@0.5 | GZSI box R@0.6 | GZSI mask R@0.6 | ZSI mask mAP '
+        '| paper | ZSI mask R@0.5 vs default |',
+        f'Each row is the main model ({steps} steps) with one mask-head setting changed.')
+  return L
 
-  if res.get('full_ref') and res.get('full_projected'):
-    L += ['## Unseen scoring: direct (paper) vs projected through the seen vectors (authors\' code)',
-          '', f'Same checkpoint (the full model, {abl}).', '',
-          '| scoring | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 | ZSD mAP '
-          '| GZSI unseen R | GZSI unseen mAP | GZSI HM mAP |', '|---|---|---|---|---|---|---|---|---|---|']
-    for n, label in (('full_ref', 'direct'), ('full_projected', 'projected')):
-      m = first(n)
-      g = gzsi_row(m)
-      L.append(f'| {label} | ' + ' | '.join(_pct(x) for x in zsi_row(m))
-               + f' | {_pct(g[2])} | {_pct(g[3])} | {_pct(g[5])} |')
-    L.append('')
-  if res.get('full_ref') and res.get('sync_no_grad'):
-    L += ['## Sync-bg gradients: heads train v_b (paper, Algorithm 1) vs detached (authors\' code)',
-          '', f'({abl}; the paper has no number for this.)', '',
-          '| v_b gradients from heads | ZSI R@0.4 | ZSI R@0.5 | ZSI R@0.6 | ZSI mAP | ZSD R@0.5 '
-          '| ZSD mAP |', '|---|---|---|---|---|---|---|']
-    for n, label in (('full_ref', 'on'), ('sync_no_grad', 'off')):
-      L.append(f'| {label} | ' + ' | '.join(_pct(x) for x in zsi_row(first(n))) + ' |')
-    L.append('')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, 'w') as f:
-    f.write('\n'.join(L) + '\n')
+
+def collect(preset: str, names: Sequence[str], seeds: Sequence[int], steps: int,
+            ablation_steps: int) -> Dict[str, Dict[int, Dict[str, dict]]]:
+  """{variant: {seed: metrics}} of every finished run of ``names``."""
+  res: Dict[str, Dict[int, Dict[str, dict]]] = {}
+  for name in names:
+    for seed in seeds:
+      m = finished(preset, name, seed, steps if name in MAIN_LENGTH else ablation_steps)
+      if m:
+        res.setdefault(name, {})[seed] = m
+  return res
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--steps', type=int, default=1000, help='training steps of the main runs')
-  p.add_argument('--ablation_steps', type=int, default=600, help='training steps of ablations')
-  p.add_argument('--seeds', default='0,1,2', help='seeds of the main runs (ablations: first)')
+  p.add_argument('--ablation_steps', type=int, default=500, help='training steps of ablations')
+  p.add_argument('--seeds', default='0,1,2', help='seeds of every row')
+  p.add_argument('--preset', default=','.join(PRESETS), help='ZSI-Shapes presets to run')
   p.add_argument('--only', default=','.join(GROUPS), help='groups: ' + ','.join(GROUPS))
-  p.add_argument('--data', default='data/generated/zsi_shapes')
   p.add_argument('--runs', default='runs/ablations')
   p.add_argument('--out', default='docs/RESULTS.md')
   p.add_argument('--skip_training', action='store_true', help='only tabulate finished runs')
   a = p.parse_args(argv)
   seeds = [int(s) for s in a.seeds.split(',')]
+  presets = a.preset.split(',')
   os.chdir(ROOT)
-  if not os.path.exists(os.path.join(a.data, 'split.json')):
-    subprocess.run([sys.executable, 'data_prep/make_shapes.py', '--out', a.data], check=True)
   names = []
   for g in a.only.split(','):
     if g not in GROUPS:
       raise SystemExit(f'unknown group {g!r}; choose from {", ".join(GROUPS)}')
     names += [n for n in GROUPS[g] if n not in names]
-  # The ablation reference first (every table compares against it), the
-  # controls (they carry the main claim), the component tables, all at
-  # --ablation_steps; then the main runs (full model, --steps, all seeds).
-  rest = sorted((n for n in names if n not in MAIN_LENGTH),
-                key=lambda n: (n != 'full_ref', n not in ('onehot', 'random'),
-                               list(VARIANTS).index(n)))
-  plan = [(n, seeds[0], a.ablation_steps) for n in rest]
-  plan += [(n, s, a.steps) for s in seeds for n in names if n in MAIN_LENGTH]
-  res: Dict[str, Dict[int, Dict[str, dict]]] = {}
-  for name, seed, steps in plan:
-    workdir = run_dir(a.runs, name, seed, steps)
-    if a.skip_training and not os.path.exists(metrics_path(workdir, name, 'gzsi')):
-      continue
-    res.setdefault(name, {})[seed] = run_variant(name, seed, steps, a.runs, a.data, print)
-    write_results(res, seeds, a.steps, a.ablation_steps, a.out)
-  write_results(res, seeds, a.steps, a.ablation_steps, a.out)
+  for preset in presets:
+    if preset not in PRESETS:
+      raise SystemExit(f'unknown preset {preset!r}; choose from {", ".join(PRESETS)}')
+  # Seed by seed, so a partial sweep already has every row; within a seed the
+  # ablation reference, the controls, the other ablations, then the main runs.
+  order = sorted(names, key=lambda n: (n in MAIN_LENGTH, n != 'full_ref',
+                                       n not in ('onehot', 'random'), list(VARIANTS).index(n)))
+  everything = lambda: {pr: collect(pr, list(VARIANTS), seeds, a.steps, a.ablation_steps)
+                        for pr in PRESETS}
+  if not a.skip_training:
+    for preset in presets:
+      data = PRESETS[preset][0]
+      if not os.path.exists(os.path.join(data, 'split.json')):
+        subprocess.run([sys.executable, 'data_prep/make_shapes.py', '--preset', preset,
+                        '--out', data], check=True)
+      for seed in seeds:
+        for name in order:
+          steps = a.steps if name in MAIN_LENGTH else a.ablation_steps
+          run_variant(preset, name, seed, steps, a.runs, print)
+          write_results(everything(), seeds, a.steps, a.ablation_steps, a.out)
+  write_results(everything(), seeds, a.steps, a.ablation_steps, a.out)
   print(f'wrote {a.out}')
 
 
