@@ -140,16 +140,20 @@ def test_example_notebook_runs(trained):
   nbclient = pytest.importorskip('nbclient')
   _, workdir = trained
   nb = nbformat.read(os.path.join(ROOT, 'examples', 'segment_unseen_classes.ipynb'), as_version=4)
-  os.environ['ZSI_WORKDIR'] = workdir
+  # The tiny test model stands in for both presets' models.
+  os.environ['ZSI_WORKDIRS'] = f'default={workdir},hard={workdir}'
   try:
     nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
                             resources={'metadata': {'path': ROOT}}).execute()
   finally:
-    del os.environ['ZSI_WORKDIR']
+    del os.environ['ZSI_WORKDIRS']
   with Image.open(os.path.join(workdir, 'notebook_prediction.png')) as im:
     assert im.size == (64 * 3, 64 * 3)
+  with Image.open(os.path.join(workdir, 'notebook_unseen.png')) as im:
+    assert im.size[0] > 4 * 64 * 2   # four pictures at scale 2 in a row
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
-  assert any('image/png' in o.get('data', {}) for o in outputs), 'the picture is displayed'
+  pictures = [o for o in outputs if 'image/png' in o.get('data', {})]
+  assert len(pictures) == 3, 'both presets\' grids and the custom-list picture are displayed'
 
 
 def test_draw_predictions_marks_masks_and_tells_unseen_apart():
