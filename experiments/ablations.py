@@ -55,9 +55,10 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 }
 # Variants run like the main result: --steps, every seed.
 MAIN_LENGTH = {'full', 'mask_rois16', 'mask_wide', 'mask_gt28', 'mask_recon01'}
-# Variants whose GZSI is also swept over seen-score calibrations (eval.py
-# --calibration_sweep N), and N.
-CALIBRATION_SWEEP = {'full': 21}
+# (preset, variant) whose GZSI is also swept over seen-score calibrations
+# (eval.py --calibration_sweep N), and N. A sweep costs about 9 minutes per
+# seed on 2 cores; the hard preset's main runs skip it.
+CALIBRATION_SWEEP = {('default', 'full'): 21}
 # Variants sharing a checkpoint with another one (evaluation-only).
 SAME_CHECKPOINT = {'full_projected': 'full_ref'}
 
@@ -110,7 +111,8 @@ def metrics_path(preset: str, name: str, seed: int, steps: int, setting: str) ->
 
 def finished(preset: str, name: str, seed: int, steps: int) -> Optional[Dict[str, dict]]:
   """The stored metrics of a finished run, or None."""
-  settings = ('zsi', 'gzsi') + (('gzsi_calibration',) if name in CALIBRATION_SWEEP else ())
+  settings = ('zsi', 'gzsi') + (('gzsi_calibration',) if (preset, name) in CALIBRATION_SWEEP
+                                 else ())
   paths = {s: metrics_path(preset, name, seed, steps, s) for s in settings}
   if not all(os.path.exists(p) for p in paths.values()):
     return None
@@ -148,9 +150,9 @@ def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -
     m['command'] = ' '.join(['python train.py'] + train_args)
     _write_json(metrics_path(preset, name, seed, steps, setting), m)
     out[setting] = m
-  if name in CALIBRATION_SWEEP:
+  if (preset, name) in CALIBRATION_SWEEP:
     cmd = [sys.executable, 'eval.py', '--workdir', workdir, '--split', 'gzsi', '--scoring', scoring,
-           '--calibration_sweep', str(CALIBRATION_SWEEP[name])]
+           '--calibration_sweep', str(CALIBRATION_SWEEP[preset, name])]
     log(f'{tag} ' + ' '.join(cmd[1:]))
     _check(cmd, workdir + '.calibration.log')
     with open(os.path.join(workdir, 'eval', 'gzsi_calibration.json')) as f:
