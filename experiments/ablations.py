@@ -253,6 +253,16 @@ def call_direction(ours: Sequence[float], ref: Sequence[float],
   return f'{text}; ' + ('agrees' if (d > 0) == (paper_delta > 0) else '**disagrees**')
 
 
+def verdict_line(directions: Sequence[str]) -> str:
+  """One sentence counting a table's called directions."""
+  count = lambda text: sum(text in d for d in directions)
+  parts = [f'{count("; agrees")} agree with the paper', f'{count("disagrees")} disagree',
+           f'{count("paper: no change")} move where the paper saw no change',
+           f'{count("within seed spread")} within the seeds\' spread',
+           f'{count("not called")} not called (one seed)']
+  return f'of {len(directions)} rows, ' + ', '.join(p for p in parts if not p.startswith('0 ')) + '.'
+
+
 PRESET_TEXT = {
     'default': ('ZSI-Shapes, default preset (`python data_prep/make_shapes.py`): 36 seen / 12 '
                 'unseen "<color> <shape>" classes (6 colors, 8 shapes), every unseen class a new '
@@ -349,6 +359,7 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
     if not have:
       return
     ref = names[0]
+    verdicts = []
     L.extend([f'### {title}', '', note, '', header, '|' + '---|' * (header.count('|') - 1)])
     for n in have:
       per_seed = [cols(m) for m in runs(n)]
@@ -359,11 +370,14 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
         paper_delta = p[col] - paper[ref][col] if p and paper.get(ref) else None
         direction = call_direction([x[col] for x in per_seed], [cols(m)[col] for m in runs(ref)],
                                    paper_delta)
+        verdicts.append(direction)
       L.append(f'| {labels[n]} | ' + ' | '.join(means) + ' | '
                + (' / '.join(f'{x:.1f}' for x in p) if p else '-') + f' | {direction} |')
     missing = [labels[n] for n in names if not res.get(n)]
     if missing:
       L.append(f'Not run yet: {", ".join(missing)}.')
+    if verdicts:
+      L.extend(['', 'Verdict: ' + verdict_line(verdicts)])
     L.extend(['', 'Seeds per row: ' + '; '.join(f'{labels[n]} {seeds_of(n)}' for n in have)
               + '.', ''])
 

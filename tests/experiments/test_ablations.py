@@ -76,3 +76,10 @@ def test_finished_runs_are_reused_without_training(tmp_path, monkeypatch):
   # An unfinished one is started.
   with pytest.raises(AssertionError, match='started again'):
     ablations.run_variant('hard', 'random', 2, 500, str(tmp_path / 'runs'), print)
+
+
+def test_verdict_counts_each_kind_of_call():
+  line = ablations.verdict_line(['+5.0; agrees', '-2.0; **disagrees**', 'within seed spread (+0.1)',
+                                 '+1.0; paper: no change', '+3.0; agrees'])
+  assert line == ('of 5 rows, 2 agree with the paper, 1 disagree, 1 move where the paper saw no '
+                  "change, 1 within the seeds' spread.")
