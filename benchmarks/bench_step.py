@@ -57,6 +57,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from zsi_jax import host  # noqa: E402
+
 NUM_CLASSES = 65     # COCO 65/15 training classes
 VECTOR_DIM = 300     # word2vec
 NUM_GT = 8           # real instances per image (padded to MAX_GT on the JAX side)
@@ -388,18 +390,6 @@ def summarise(side_runs):
   return out
 
 
-def host_description() -> dict:
-  """The CPU model and flags (``lscpu``) and the accelerator, for every measurement."""
-  host = dict(cores=os.cpu_count(), model='unknown', flags='')
-  try:
-    lines = subprocess.run(['lscpu'], capture_output=True, text=True).stdout.splitlines()
-    fields = {k.strip(): v.strip() for k, v in (l.split(':', 1) for l in lines if ':' in l)}
-    host.update(model=fields.get('Model name', 'unknown'), flags=fields.get('Flags', ''))
-  except OSError:
-    pass
-  return host
-
-
 def report(results, args, runs=None) -> str:
   """A table of both sides; with ``runs`` (the repetitions), each ratio is the
   median of the per-repetition ratios with its min-max."""
@@ -485,15 +475,15 @@ def main():
     runs.append([run_side_subprocess(args, s) for s in sides])
     print(f'repetition {i + 1}/{args.repeats}:\n{report(runs[-1], args)}\n', flush=True)
   results = [summarise([r[k] for r in runs]) for k in range(len(sides))]
-  host = host_description()
+  machine = host.describe()
   if args.json:
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
-                              repeats=args.repeats, host=host, runs=runs,
+                              repeats=args.repeats, host=machine, runs=runs,
                               results=results)) + '\n')
-  print(f"host: {host['model']} ({host['cores']} cores)")
+  print(f"host: {host.short_name(machine)}, {machine['cores']} cores")
   print(f'median of {args.repeats} alternating repetitions (min-max):')
   print(report(results, args, runs))
 

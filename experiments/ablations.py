@@ -23,6 +23,9 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from zsi_jax import host  # noqa: E402
 
 NO_DECODERS = ('model.box_head.use_decoder=False', 'model.mask_head.use_decoder=False')
 PLAIN_RPN = ('model.rpn.semantic=False', 'model.sync_bg.det=False', 'model.sync_bg.mask=False')
@@ -148,6 +151,7 @@ def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -
     m['train_seconds'] = train_s
     m['wall_seconds'] = time.time() - t0
     m['command'] = ' '.join(['python train.py'] + train_args)
+    m['host'] = host.short_name(host.describe())
     _write_json(metrics_path(preset, name, seed, steps, setting), m)
     out[setting] = m
   if (preset, name) in CALIBRATION_SWEEP:
@@ -308,6 +312,11 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
                     seeds: Sequence[int], steps: int, ablation_steps: int) -> List[str]:
   runs = lambda name: list(res.get(name, {}).values())
   seeds_of = lambda name: ', '.join(map(str, sorted(res.get(name, {}))))
+
+  def hosts_of(name):
+    # XLA rounds differently per CPU, so a seed trained on another host is another sample.
+    hosts = sorted({m['zsi'].get('host', 'host not recorded') for m in runs(name)})
+    return '; '.join(hosts)
   L = [f'## {preset.capitalize()} preset', '', PRESET_TEXT[preset], '']
   if not res.get('full'):
     L += ['Main result: not run yet (`python experiments/ablations.py --preset '
@@ -347,7 +356,8 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
                  f'{_mean_sd([c["best_hm_map"] for c in curves])} | {gamma_text} |')
       L.append('')
     secs = [r['zsi']['train_seconds'] for r in rows]
-    L += [f'Training wall time per seed: {statistics.mean(secs) / 60:.1f} min. Command: '
+    L += [f'Hosts: {hosts_of("full")}. '
+          f'Training wall time per seed: {statistics.mean(secs) / 60:.1f} min. Command: '
           f'`{rows[0]["zsi"]["command"]}` then `python eval.py --workdir WORKDIR --split '
           'zsi,gzsi`.', '']
 
@@ -378,8 +388,8 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
       L.append(f'Not run yet: {", ".join(missing)}.')
     if verdicts:
       L.extend(['', 'Verdict: ' + verdict_line(verdicts)])
-    L.extend(['', 'Seeds per row: ' + '; '.join(f'{labels[n]} {seeds_of(n)}' for n in have)
-              + '.', ''])
+    L.extend(['', 'Seeds (hosts) per row: ' + '; '.join(
+        f'{labels[n]} {seeds_of(n)} ({hosts_of(n)})' for n in have) + '.', ''])
 
   t1_labels = {'zsd_smh_e': 'ZSD + SMH encoder (baseline)', 'smh_decoder': '+ SMH decoder',
                'det_decoder': '+ Det decoder', 'full_ref': '+ BA-RPN & Sync-bg (full)'}
