@@ -242,8 +242,8 @@ def call_direction(ours: Sequence[float], ref: Sequence[float],
 
   Returns 'not called (one seed)', 'within seed spread (+0.3)', or the sign
   of our difference followed by 'agrees' / '**disagrees**' with the paper's
-  difference ``paper_delta`` (points; None or |delta| < 0.1: the paper shows
-  no change).
+  difference ``paper_delta`` (points; None: the paper has no number; |delta|
+  < 0.1: the paper shows no change).
   """
   if len(ours) < 2 or len(ref) < 2:
     return 'not called (one seed)'
@@ -252,7 +252,9 @@ def call_direction(ours: Sequence[float], ref: Sequence[float],
   text = f'{100 * d:+.1f}'
   if abs(d) <= spread:
     return f'within seed spread ({text})'
-  if paper_delta is None or abs(paper_delta) < 0.1:
+  if paper_delta is None:
+    return f'{text}; no paper number'
+  if abs(paper_delta) < 0.1:
     return f'{text}; paper: no change'
   return f'{text}; ' + ('agrees' if (d > 0) == (paper_delta > 0) else '**disagrees**')
 
@@ -262,6 +264,7 @@ def verdict_line(directions: Sequence[str]) -> str:
   count = lambda text: sum(text in d for d in directions)
   parts = [f'{count("; agrees")} agree with the paper', f'{count("disagrees")} disagree',
            f'{count("paper: no change")} move where the paper saw no change',
+           f'{count("no paper number")} move (no paper number)',
            f'{count("within seed spread")} within the seeds\' spread',
            f'{count("not called")} not called (one seed)']
   return f'of {len(directions)} rows, ' + ', '.join(p for p in parts if not p.startswith('0 ')) + '.'

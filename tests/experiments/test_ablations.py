@@ -19,7 +19,7 @@ def test_direction_is_called_only_beyond_the_seeds_spread():
   assert call(up, ref, 3.0) == '+5.0; agrees'
   assert call(up, ref, -3.0) == '+5.0; **disagrees**'
   assert call(ref, up, -3.0) == '-5.0; agrees'
-  assert call(up, ref, None) == '+5.0; paper: no change'
+  assert call(up, ref, None) == '+5.0; no paper number'
   assert call(up, ref, 0.05) == '+5.0; paper: no change'
   # Identical seeds (no spread) still need half a point.
   assert call([0.903, 0.903], [0.900, 0.900], 1.0).startswith('within seed spread')
