@@ -17,7 +17,10 @@ import nbformat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'examples', 'segment_unseen_classes.ipynb')
-DATA = {'default': 'data/generated/zsi_shapes', 'hard': 'data/generated/zsi_shapes_hard'}
+sys.path.insert(0, ROOT)
+
+from zsi_jax.data import shapes  # noqa: E402
+
 
 
 def trained(workdir: str) -> bool:
@@ -33,7 +36,7 @@ def trained(workdir: str) -> bool:
 def ensure_trained(preset: str, workdir: str):
   if trained(workdir):
     return
-  data = DATA[preset]
+  data = os.path.join('data', 'generated', shapes.PRESETS[preset].name)
   if not os.path.exists(os.path.join(data, 'split.json')):
     subprocess.run([sys.executable, 'data_prep/make_shapes.py', '--preset', preset, '--out', data],
                    cwd=ROOT, check=True)

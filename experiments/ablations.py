@@ -5,10 +5,11 @@ python experiments/ablations.py [--preset default,hard] [--only main,table1,...]
 
 Each variant is ``configs/shapes.py`` plus ``--config.*`` overrides, trained
 with train.py on a ZSI-Shapes preset and evaluated with eval.py (ZSI and
-GZSI) in its own workdir under --runs, for every seed. A variant whose workdir already has its final checkpoint and
-metrics is not trained again, so an interrupted sweep resumes where it stopped.
-Each finished run's metrics are also kept in docs/results/ (committed), from
-which the tables can be rewritten alone (--skip_training), runs/ or not.
+GZSI) in its own workdir under --runs, for every seed. Each finished run's
+metrics are kept in docs/results/ (committed; the hard preset's in
+docs/results/hard/): a run found there is not trained again, so an
+interrupted sweep resumes where it stopped, and the tables can be rewritten
+alone (--skip_training), runs/ or not.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from zsi_jax import host  # noqa: E402
+from zsi_jax import host, jsonio  # noqa: E402
+from zsi_jax.data import shapes  # noqa: E402
 
 NO_DECODERS = ('model.box_head.use_decoder=False', 'model.mask_head.use_decoder=False')
 PLAIN_RPN = ('model.rpn.semantic=False', 'model.sync_bg.det=False', 'model.sync_bg.mask=False')
@@ -56,8 +58,6 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     'mask_gt28': (('data.mask_gt_size=28',), 'direct'),
     'mask_recon01': (('model.mask_head.recon_weight=0.1',), 'direct'),
 }
-# Variants run like the main result: --steps, every seed.
-MAIN_LENGTH = {'full', 'mask_rois16', 'mask_wide', 'mask_gt28', 'mask_recon01'}
 # (preset, variant) whose GZSI is also swept over seen-score calibrations
 # (eval.py --calibration_sweep N), and N. A sweep costs about 9 minutes per
 # seed on 2 cores; the hard preset's main runs skip it.
@@ -92,12 +92,14 @@ GROUPS = {
     'gradients': ['full_ref', 'sync_no_grad'],
     'masks': ['full', 'mask_rois16', 'mask_wide', 'mask_gt28', 'mask_recon01'],
 }
+# Variants trained like the main result (--steps); the others at --ablation_steps.
+MAIN_LENGTH = set(GROUPS['main'] + GROUPS['masks'])
 
 
 # name -> (data root, subfolder of --runs and of docs/results). The default
 # preset's runs and results keep the top folders.
-PRESETS = {'default': ('data/generated/zsi_shapes', ''),
-           'hard': ('data/generated/zsi_shapes_hard', 'hard')}
+PRESETS = {name: (os.path.join('data', 'generated', shapes.PRESETS[name].name),
+                  '' if name == 'default' else name) for name in shapes.PRESETS}
 
 # Every finished run's metrics are kept here (committed), so the tables can be
 # rewritten anywhere, after runs/ is gone (--skip_training).
@@ -152,7 +154,7 @@ def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -
     m['wall_seconds'] = time.time() - t0
     m['command'] = ' '.join(['python train.py'] + train_args)
     m['host'] = host.short_name(host.describe())
-    _write_json(metrics_path(preset, name, seed, steps, setting), m)
+    jsonio.write_json(metrics_path(preset, name, seed, steps, setting), m, indent=1)
     out[setting] = m
   if (preset, name) in CALIBRATION_SWEEP:
     cmd = [sys.executable, 'eval.py', '--workdir', workdir, '--split', 'gzsi', '--scoring', scoring,
@@ -161,20 +163,13 @@ def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -
     _check(cmd, workdir + '.calibration.log')
     with open(os.path.join(workdir, 'eval', 'gzsi_calibration.json')) as f:
       out['gzsi_calibration'] = json.load(f)
-    _write_json(metrics_path(preset, name, seed, steps, 'gzsi_calibration'),
-                out['gzsi_calibration'])
+    jsonio.write_json(metrics_path(preset, name, seed, steps, 'gzsi_calibration'),
+                      out['gzsi_calibration'], indent=1)
     if seed == 0:
       suffix = '' if preset == 'default' else f'_{preset}'
       shutil.copy(os.path.join(workdir, 'eval', 'gzsi_calibration.png'),
                   os.path.join(ROOT, 'docs', f'gzsi_calibration{suffix}.png'))
   return out
-
-
-def _write_json(path: str, value):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + '.tmp', path)
 
 
 def _check(cmd: List[str], log_file: str):

@@ -53,9 +53,19 @@ def analyse(objects: List[dict], all_objects: List[dict], results: List[dict],
   by_key: Dict[tuple, List[dict]] = {}
   for d in results:
     by_key.setdefault((d['image_id'], d['category_id']), []).append(d)
-  neighbours: Dict[int, List[dict]] = {}
+  by_image: Dict[int, List[dict]] = {}
   for a in all_objects:
-    neighbours.setdefault(a['image_id'], []).append(a)
+    by_image.setdefault(a['image_id'], []).append(a)
+  union_cache: Dict[int, tuple] = {}
+
+  def objects_of(image_id):
+    # Each image's masks decoded once: (annotation ids, [N, H, W] masks).
+    if image_id not in union_cache:
+      anns = by_image.get(image_id, [])
+      union_cache[image_id] = ([a['id'] for a in anns],
+                               [mask_utils.decode(a['segmentation']).astype(bool) for a in anns])
+    return union_cache[image_id]
+
   rows = []
   for g in objects:
     candidates = by_key.get((g['image_id'], g['category_id']), [])
@@ -65,9 +75,9 @@ def analyse(objects: List[dict], all_objects: List[dict], results: List[dict],
     truth = mask_utils.decode(g['segmentation']).astype(bool)
     pred = mask_utils.decode(det['segmentation']).astype(bool)
     others = np.zeros_like(truth)
-    for a in neighbours.get(g['image_id'], []):
-      if a['id'] != g['id']:
-        others |= mask_utils.decode(a['segmentation']).astype(bool)
+    for ann_id, m in zip(*objects_of(g['image_id'])):
+      if ann_id != g['id']:
+        others |= m
     wrong = pred & ~truth
     rows.append(dict(box=box_iou(det['bbox'], g['bbox']),
                      mask=(pred & truth).sum() / max((pred | truth).sum(), 1),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import ablations
+from zsi_jax import jsonio
 
 
 def test_direction_is_called_only_beyond_the_seeds_spread():
@@ -65,7 +66,7 @@ def test_finished_runs_are_reused_without_training(tmp_path, monkeypatch):
   monkeypatch.setattr(ablations, 'RESULTS_DIR', str(tmp_path))
   for setting in ('zsi', 'gzsi'):
     path = ablations.metrics_path('hard', 'onehot', 2, 500, setting)
-    ablations._write_json(path, _metrics(0.1)[setting])
+    jsonio.write_json(path, _metrics(0.1)[setting])
   assert path.startswith(str(tmp_path / 'hard'))
 
   def no_run(*args, **kwargs):

@@ -7,7 +7,6 @@ on the held-out ``val`` split.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Dict, Optional, Sequence
@@ -18,6 +17,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from zsi_jax import checkpoint as ckpt_lib
+from zsi_jax import jsonio
 from zsi_jax.data import datasets
 from zsi_jax.data.loaders import split_loader
 from zsi_jax.evaluation import protocol
@@ -233,11 +233,8 @@ def _write_json(out_dir: Optional[str], name: str, value, indent=None) -> Option
   """Writes ``value`` to ``out_dir/name`` atomically (nothing when ``out_dir`` is None)."""
   if not out_dir:
     return None
-  os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, name)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=indent)
-  os.replace(path + '.tmp', path)
+  jsonio.write_json(path, value, indent=indent)
   return path
 
 
