@@ -129,7 +129,8 @@ def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -
   done = finished(preset, name, seed, steps)
   if done:
     return done
-  overrides, scoring = VARIANTS[name]
+  owner = SAME_CHECKPOINT.get(name, name)
+  overrides, scoring = VARIANTS[owner][0], VARIANTS[name][1]
   data = PRESETS[preset][0]
   workdir = run_dir(runs, preset, name, seed, steps)
   tag = f'[{preset} {name} seed {seed}]'
@@ -137,7 +138,8 @@ def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -
   train_args = ['--config', 'configs/shapes.py', f'--config.seed={seed}',
                 f'--config.total_steps={steps}', f'--config.data.root={data}'] + [
                     f'--config.{o}' for o in overrides]
-  if name not in SAME_CHECKPOINT:
+  # A shared checkpoint trained in an earlier session may be gone: retrain it (deterministic).
+  if owner == name or not os.path.exists(os.path.join(workdir, 'config.json')):
     cmd = [sys.executable, 'train.py', '--workdir', workdir] + train_args
     log(f'{tag} ' + ' '.join(cmd[1:]))
     _check(cmd, workdir + '.train.log')
