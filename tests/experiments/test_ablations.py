@@ -1,5 +1,6 @@
 """experiments/ablations.py: the rule that calls a direction, the tables, reuse of finished runs."""
 import json
+import os
 import re
 import statistics
 
@@ -77,6 +78,33 @@ def test_finished_runs_are_reused_without_training(tmp_path, monkeypatch):
   # An unfinished one is started.
   with pytest.raises(AssertionError, match='started again'):
     ablations.run_variant('hard', 'random', 2, 500, str(tmp_path / 'runs'), print)
+
+
+def test_evaluation_only_variant_trains_its_checkpoint_only_when_missing(tmp_path, monkeypatch):
+  # full_projected scores full_ref's checkpoint; a new checkout has no run folder.
+  monkeypatch.setattr(ablations, 'RESULTS_DIR', str(tmp_path / 'results'))
+  runs = str(tmp_path / 'runs')
+  workdir = ablations.run_dir(runs, 'hard', 'full_projected', 1, 500)
+  assert workdir == ablations.run_dir(runs, 'hard', 'full_ref', 1, 500)
+  commands = []
+
+  def fake_check(cmd, log_file):
+    commands.append(cmd[1])
+    if cmd[1] == 'train.py':
+      with open(f'{workdir}/config.json', 'w') as f:
+        f.write('{}')
+    else:
+      for setting in ('zsi', 'gzsi'):
+        jsonio.write_json(f'{workdir}/eval/{setting}_metrics.json', _metrics(0.2)[setting])
+  monkeypatch.setattr(ablations, '_check', fake_check)
+  os.makedirs(workdir)
+  ablations.run_variant('hard', 'full_projected', 1, 500, runs, print)
+  assert commands == ['train.py', 'eval.py']
+  # With the checkpoint there (and the metrics removed), only evaluation runs.
+  os.remove(ablations.metrics_path('hard', 'full_projected', 1, 500, 'zsi'))
+  commands.clear()
+  ablations.run_variant('hard', 'full_projected', 1, 500, runs, print)
+  assert commands == ['eval.py']
 
 
 def test_verdict_counts_each_kind_of_call():
