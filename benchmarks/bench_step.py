@@ -135,6 +135,7 @@ def peak_rss_mib() -> float:
 # ---------------------------------------------------------------------------- zsi_jax
 def run_jax(args) -> dict:
   import jax
+  host.release_heap_after_compiles()            # as train.py, eval.py and predict.py do
 
   from configs.coco_common import coco_config
   from zsi_jax.config_check import validate

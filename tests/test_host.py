@@ -1,6 +1,11 @@
-"""zsi_jax.host against /proc/cpuinfo (Linux), an independent record of the same CPU."""
+"""zsi_jax.host against /proc/cpuinfo (Linux), an independent record of the same CPU; the
+heap release against the process's resident memory."""
+import ctypes
+import ctypes.util
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from zsi_jax import host
@@ -21,3 +26,45 @@ def test_describe_matches_proc_cpuinfo():
   assert set(fields['flags'].split()) <= set(h['flags'].split()) | {''}
   assert host.short_name(h) == f"{fields['model name']} (family {fields['cpu family']}, " \
                                f"model {fields['model']})"
+
+
+def _rss_mib():
+  with open('/proc/self/status') as f:
+    return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='needs /proc (Linux)')
+def test_release_freed_heap_returns_freed_pages():
+  # 300 MiB in 64 KiB blocks (below glibc's mmap threshold: on the heap),
+  # written so they are resident, then freed except the last, which keeps
+  # the heap from shrinking by itself: the pages stay in the process until
+  # released.
+  libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+  if not hasattr(libc, 'malloc_trim'):
+    pytest.skip('not glibc')
+  libc.malloc.restype = ctypes.c_void_p
+  libc.free.argtypes = [ctypes.c_void_p]
+  blocks = [libc.malloc(64 * 1024) for _ in range(4800)]
+  for b in blocks:
+    ctypes.memset(b, 1, 64 * 1024)
+  for b in blocks[:-1]:
+    libc.free(b)
+  before = _rss_mib()
+  assert host.release_freed_heap()
+  after = _rss_mib()
+  libc.free(blocks[-1])
+  assert before - after > 200, (before, after)
+
+
+def test_heap_is_released_after_each_compilation(monkeypatch):
+  calls = []
+  monkeypatch.setattr(host, 'release_freed_heap', lambda: calls.append(1))
+  host.release_heap_after_compiles()
+  host.release_heap_after_compiles()          # once per process: one listener
+  f = jax.jit(lambda x: x * 3 + 1)
+  f(np.arange(7.0)).block_until_ready()
+  assert len(calls) == 1
+  f(np.arange(7.0)).block_until_ready()               # cached: no compilation
+  assert len(calls) == 1
+  f(np.arange(9.0)).block_until_ready()               # a new shape compiles again
+  assert len(calls) == 2

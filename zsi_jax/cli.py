@@ -6,6 +6,8 @@ A mistake in the input (a config key, a file, a checkpoint) is reported as
 debugging behind ``ZSI_TRACEBACK=1`` or absl's ``--verbosity=1`` (``-v 1``).
 The console shows progress bars, warnings, results and this package's own
 messages; everything else logged (orbax, absl) goes to the log file only.
+The compiler's freed memory is handed back after each compilation
+(``host.release_heap_after_compiles``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import sys
 from typing import Callable, Optional
 
 from absl import flags
+
+from zsi_jax import host
 
 # Errors that describe bad input rather than a bug: reported in one line.
 USER_ERRORS = (ValueError, OSError, KeyError)
@@ -64,6 +68,7 @@ def main(run: Callable, errors=()) -> Callable:
   caught = USER_ERRORS + tuple(errors)
 
   def wrapped(argv):
+    host.release_heap_after_compiles()
     try:
       return run(argv)
     except caught as e:
