@@ -14,6 +14,8 @@ alone (--skip_training), runs/ or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -124,11 +126,34 @@ def finished(preset: str, name: str, seed: int, steps: int) -> Optional[Dict[str
   return {s: json.load(open(p)) for s, p in paths.items()}
 
 
+@contextlib.contextmanager
+def _run_folder_lock(workdir: str, log):
+  """Holds ``workdir``.lock while one sweep trains or evaluates there; another
+  sweep needing the same run waits (the lock goes with its holder's process)."""
+  os.makedirs(os.path.dirname(os.path.abspath(workdir)), exist_ok=True)
+  with open(workdir + '.lock', 'w') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log(f'{workdir} is in use by another sweep; waiting for it')
+      fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
 def run_variant(preset: str, name: str, seed: int, steps: int, runs: str, log) -> Dict[str, dict]:
-  """Trains (unless done) and evaluates one variant; returns {setting: metrics}."""
+  """Trains (unless done) and evaluates one variant; returns {setting: metrics}.
+  Sweeps running side by side never train or evaluate one run folder at once."""
   done = finished(preset, name, seed, steps)
   if done:
     return done
+  with _run_folder_lock(run_dir(runs, preset, name, seed, steps), log):
+    # Another sweep may have finished this run while we waited.
+    return finished(preset, name, seed, steps) or _train_and_evaluate(
+        preset, name, seed, steps, runs, log)
+
+
+def _train_and_evaluate(preset: str, name: str, seed: int, steps: int, runs: str,
+                        log) -> Dict[str, dict]:
   owner = SAME_CHECKPOINT.get(name, name)
   overrides, scoring = VARIANTS[owner][0], VARIANTS[name][1]
   data = PRESETS[preset][0]

@@ -1,8 +1,11 @@
 """experiments/ablations.py: the rule that calls a direction, the tables, reuse of finished runs."""
+import fcntl
 import json
 import os
 import re
 import statistics
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -105,6 +108,37 @@ def test_evaluation_only_variant_trains_its_checkpoint_only_when_missing(tmp_pat
   commands.clear()
   ablations.run_variant('hard', 'full_projected', 1, 500, runs, print)
   assert commands == ['eval.py']
+
+
+def test_sweeps_side_by_side_wait_for_a_run_in_use(tmp_path, monkeypatch):
+  # A sweep that finds another holding the run folder waits, then reuses its
+  # metrics instead of training the same folder at the same time.
+  monkeypatch.setattr(ablations, 'RESULTS_DIR', str(tmp_path / 'results'))
+  runs = str(tmp_path / 'runs')
+  started = []
+  monkeypatch.setattr(ablations, '_check', lambda cmd, log_file: started.append(cmd[1]))
+  workdir = ablations.run_dir(runs, 'hard', 'zsd_smh_e', 2, 500)
+  os.makedirs(os.path.dirname(workdir))
+  other = open(workdir + '.lock', 'w')                 # the other sweep's hold
+  fcntl.flock(other, fcntl.LOCK_EX)
+  waiting = []
+  result = {}
+  thread = threading.Thread(target=lambda: result.update(
+      ablations.run_variant('hard', 'zsd_smh_e', 2, 500, runs, waiting.append)))
+  thread.start()
+  deadline = time.time() + 10
+  while not waiting and time.time() < deadline:
+    time.sleep(0.05)
+  assert waiting and 'in use by another sweep' in waiting[0]
+  assert not started and thread.is_alive()
+  for setting in ('zsi', 'gzsi'):                      # the other sweep finishes the run
+    jsonio.write_json(ablations.metrics_path('hard', 'zsd_smh_e', 2, 500, setting),
+                      _metrics(0.3)[setting])
+  fcntl.flock(other, fcntl.LOCK_UN)
+  other.close()
+  thread.join(10)
+  assert not thread.is_alive() and not started
+  assert result['zsi']['mask']['recall@100_iou0.5'] == 0.3
 
 
 def test_verdict_counts_each_kind_of_call():
