@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import subprocess
 from typing import Dict
@@ -42,14 +43,22 @@ def release_freed_heap() -> bool:
 
   Returns False where there is no glibc (macOS, musl): nothing is done there.
   """
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-    trim = libc.malloc_trim
-  except (OSError, AttributeError):
+  trim = _malloc_trim()
+  if trim is None:
     return False
-  trim.argtypes = [ctypes.c_size_t]
   trim(0)
   return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+  """glibc's ``malloc_trim``, loaded once; None without glibc."""
+  try:
+    trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
+  except (OSError, AttributeError):
+    return None
+  trim.argtypes = [ctypes.c_size_t]
+  return trim
 
 
 _RELEASING = []
