@@ -36,10 +36,12 @@ Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5] [--repeats 3]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
-      [--set model.conv_impl=conv ...]
+      [--set model.conv_impl=conv ...] [--xla_memory]
   --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 makes the
   zsi_jax mask head run on all 128 slots per image (its worst case); --set
-  overrides a field of the zsi_jax config (for A/B runs).
+  overrides a field of the zsi_jax config (for A/B runs); --xla_memory only
+  compiles the zsi_jax side and prints XLA's buffer sizes (the arena of
+  intermediate values is what the model code decides; RSS adds the runtime).
 """
 from __future__ import annotations
 
@@ -191,6 +193,8 @@ def run_jax(args) -> dict:
   backend_compiles = lambda: sum(n.endswith('backend_compile_duration') for n, _ in events)
 
   out = dict(side='zsi_jax', device=str(jax.devices()[0].device_kind), dtype=args.dtype)
+  if args.xla_memory:
+    return xla_memory(args, out, run.step, (state, batch, cv_d, cm_d), c, vecs, cv_d, cm_d)
   # --fixed_sampling times the same step from the same state again and again
   # (no donation): the same anchor and RoI sampling, hence the same mask-head
   # bucket every time, for A/B comparisons of code changes.
@@ -279,6 +283,28 @@ def run_jax(args) -> dict:
   else:
     out['peak_mem_mib'] = peak_rss_mib()
     out['peak_mem_kind'] = 'process max RSS'
+  return out
+
+
+def xla_memory(args, out, train_step, train_args, c, vecs, cv_d, cm_d) -> dict:
+  """XLA's buffer sizes (MiB) of the compiled train step and detect call, nothing run:
+  ``temp`` is the arena of intermediate values, the part the code decides."""
+  import jax
+  from zsi_jax.modeling.build import build_model
+
+  def sizes(compiled):
+    m = compiled.memory_analysis()
+    return {k: getattr(m, f'{k}_size_in_bytes') / 2**20
+            for k in ('temp', 'argument', 'output', 'alias', 'generated_code')}
+
+  out['train_xla_mib'] = sizes(jax.jit(train_step, donate_argnums=(0,)).lower(*train_args)
+                               .compile())
+  if not args.train_only:
+    state, batch = train_args[:2]
+    model = build_model(c.model, vecs.mean(0), NUM_CLASSES, training=False)
+    detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
+    out['detect_xla_mib'] = sizes(detect.lower({'params': state.params, **state.model_state},
+                                               batch['image'], batch['input_hw']).compile())
   return out
 
 
@@ -371,7 +397,8 @@ def run_side_subprocess(args, side: str) -> dict:
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
          '--threads', str(args.threads), '--profile', args.profile,
          '--roi_buckets', str(args.roi_buckets)]
-  cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only') if getattr(args, flag)]
+  cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only', 'xla_memory')
+          if getattr(args, flag)]
   for item in args.set:
     cmd += ['--set', item]
   p = subprocess.run(cmd, capture_output=True, text=True)
@@ -458,6 +485,9 @@ def main():
   p.add_argument('--repeats', type=int, default=3,
                  help='invocations of each side, alternating (A B A B ...); the report gives '
                       'the median of each number and of the ratios, with their min-max')
+  p.add_argument('--xla_memory', action='store_true',
+                 help='zsi_jax: compile the train step (and detect) and print XLA\'s buffer '
+                      'sizes in MiB (temp: the arena of intermediate values); nothing is timed')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()
@@ -469,6 +499,10 @@ def main():
       import torch
       torch.set_num_threads(args.threads)
       print(json.dumps(run_torch(args)))
+    return
+  if args.xla_memory:
+    result = run_side_subprocess(args, 'jax')
+    print(f"host: {host.short_name(host.describe())}\n{json.dumps(result, indent=1)}")
     return
   sides = args.sides.split(',')
   runs = []                           # one [jax, torch] list per repetition, in run order

@@ -81,6 +81,7 @@ RANGES = {
     'model.mask_head.num_convs': NON_NEGATIVE, 'model.mask_head.channels': POSITIVE,
     'model.mask_head.roi_size': POSITIVE, 'model.mask_head.recon_weight': NON_NEGATIVE,
     'model.mask_head.max_rois_per_image': POSITIVE, 'model.mask_head.roi_buckets': POSITIVE,
+    'model.mask_head.loss_piece_slots': NON_NEGATIVE,
     'model.test.score_threshold': (0, 1, True, False), 'model.test.nms_threshold': UNIT_HALF_OPEN,
     'model.test.max_detections': POSITIVE, 'model.test.pre_nms_topk': POSITIVE,
     'model.test.mask_threshold': UNIT_OPEN, 'model.test.seen_calibration': (-1, 1, True, True),
@@ -103,7 +104,7 @@ INTEGERS = {'seed', 'data.image_size', 'data.scale', 'data.max_instances', 'data
             'model.box_head.vocabulary_size', 'model.mask_head.num_convs',
             'model.mask_head.channels', 'model.mask_head.roi_size',
             'model.mask_head.max_rois_per_image', 'model.mask_head.roi_buckets',
-            'model.test.max_detections', 'model.test.pre_nms_topk', 'optim.warmup_steps',
+            'model.mask_head.loss_piece_slots', 'model.test.max_detections', 'model.test.pre_nms_topk', 'optim.warmup_steps',
             'optim.reference_batch', 'optim.recon_warmup_steps', 'num_epochs', 'total_steps',
             'log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_images'}
 

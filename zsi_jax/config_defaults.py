@@ -41,7 +41,11 @@ def model_config() -> ml_collections.ConfigDict:
                      # > 1: the loss runs on the smallest of this many slot buckets
                      # (cap, cap/2, ...) that holds the batch's positives
                      # (modeling/buckets.py); the same loss, less work.
-                     roi_buckets=4)
+                     roi_buckets=4,
+                     # > 0: a bucket's loss runs in pieces of at most this many
+                     # slots per image, one at a time, so its peak memory is a
+                     # piece's (the same loss); 0: the whole bucket at once.
+                     loss_piece_slots=32)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

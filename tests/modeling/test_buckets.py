@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from zsi_jax.modeling import buckets
 
@@ -20,25 +21,38 @@ def test_slot_buckets_and_the_smallest_that_holds_the_positives():
 
 
 class _Head(nn.Module):
-  """A loss on the first ``slots`` rows: sum((Dense(x) . w)^2) * scale."""
+  """A loss on the first ``slots`` rows, in pieces of ``size`` rows:
+  sum((Dense(x) . w)^2) * scale."""
 
   @nn.compact
   def __call__(self, x):
     return nn.Dense(3)(x)
 
-  def loss(self, diff, rest, slots):
+  def loss(self, diff, rest, slots, size=None, piece=0):
     x, w = diff
     scale, = rest
-    y = self(x[:slots]) @ w
+    size = size or slots
+    rows = jax.lax.dynamic_slice_in_dim(x[:slots], piece * size, size)
+    y = self(rows) @ w
     value = jnp.sum(y ** 2) * scale
     return value, (value, jnp.sum(y))
 
-  def switched(self, index, x, w, scale):
-    branches = [functools.partial(_Head.loss, slots=n) for n in (2, 4)]
-    return buckets.switch_with_gradients(self, index, branches, (x, w), (scale,))
+  def switched(self, index, x, w, scale, pieces):
+    branches = [functools.partial(_Head.loss, slots=n, size=n // p)
+                for n, p in zip((2, 4), pieces)]
+    return buckets.switch_with_gradients(self, index, branches, (x, w), (scale,), pieces)
 
 
-def test_switch_with_gradients_equals_plain_differentiation():
+def test_pieces_cover_a_bucket_in_equal_parts():
+  assert buckets.pieces(128, 32) == (4, 32)
+  assert buckets.pieces(100, 32) == (4, 25)
+  assert buckets.pieces(16, 32) == (1, 16)
+  assert buckets.pieces(128, 0) == (1, 128)
+
+
+@pytest.mark.parametrize('pieces', [(1, 1), (2, 4)])
+def test_switch_with_gradients_equals_plain_differentiation(pieces):
+  # (2, 4): each bucket runs one row at a time, the sum of its pieces.
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3,)), jnp.float32)
@@ -46,16 +60,18 @@ def test_switch_with_gradients_equals_plain_differentiation():
   variables = head.init(jax.random.PRNGKey(0), x)
   for index, slots in ((0, 2), (1, 4)):
     def fused(v, x, w):
-      loss, aux = head.apply(v, index, x, w, 0.5, method=_Head.switched)
-      return 3.0 * loss + 0.0 * aux[1]     # a cotangent other than 1; aux carries none
+      loss, aux = head.apply(v, index, x, w, 0.5, pieces, method=_Head.switched)
+      return 3.0 * loss + 0.0 * aux[1], aux   # a cotangent other than 1; aux carries none
 
     def plain(v, x, w):
-      return 3.0 * head.apply(v, (x, w), (0.5,), slots, method=_Head.loss)[0]
+      value, aux = head.apply(v, (x, w), (0.5,), slots, method=_Head.loss)
+      return 3.0 * value, aux
 
-    np.testing.assert_allclose(jax.jit(fused)(variables, x, w), plain(variables, x, w),
-                               rtol=1e-6)
-    g_fused = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(variables, x, w)
-    g_plain = jax.grad(plain, argnums=(0, 1, 2))(variables, x, w)
+    (got, got_aux), (want, want_aux) = jax.jit(fused)(variables, x, w), plain(variables, x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got_aux, want_aux, rtol=1e-5, atol=1e-6)
+    g_fused = jax.jit(jax.grad(lambda *a: fused(*a)[0], argnums=(0, 1, 2)))(variables, x, w)
+    g_plain = jax.grad(lambda *a: plain(*a)[0], argnums=(0, 1, 2))(variables, x, w)
     for a, b in zip(jax.tree_util.tree_leaves(g_fused), jax.tree_util.tree_leaves(g_plain)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Rows beyond the bucket get no gradient.

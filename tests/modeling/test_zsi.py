@@ -171,20 +171,23 @@ def test_detect_outputs(setup, scoring):
   np.testing.assert_allclose(m[valid], np.asarray(ref)[valid], rtol=1e-4, atol=1e-5)
 
 
-def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
+def test_mask_roi_buckets_and_pieces_leave_losses_and_gradients_unchanged(setup):
   # The mask loss runs in the smallest slot bucket holding the batch's
-  # positives, its gradients computed inside that bucket; losses and
-  # gradients must be those of the full cap (no positive dropped).
+  # positives, in pieces run one at a time, its gradients computed inside each
+  # piece; losses and gradients must be those of the full cap in one piece (no
+  # positive dropped or counted twice).
   cfg, _, variables, vecs = setup
   params = variables['params']
   rest = {k: v for k, v in variables.items() if k != 'params'}
   batch = make_batch(np.random.default_rng(5), n_real=(1, 1))
   out = {}
-  for buckets in (1, 2):                            # (16,) slots, or (8, 16)
+  # (buckets, piece slots): (16,) slots whole; (8, 16) whole; (8, 16) in pieces of 3
+  # (3 pieces of 3 for 8 slots, the last partly beyond the bucket).
+  for setting in ((1, 0), (2, 0), (2, 3)):
     c = cfg.copy_and_resolve_references()
     c.roi_sampling.num_samples = 64
     c.mask_head.max_rois_per_image = 16
-    c.mask_head.roi_buckets = buckets
+    c.mask_head.roi_buckets, c.mask_head.loss_piece_slots = setting
     model = tiny_model(c, vecs)
 
     def loss(p):
@@ -194,22 +197,24 @@ def test_mask_roi_buckets_leave_losses_and_gradients_unchanged(setup):
       return 3.0 * terms['total'], (terms, aux)   # a cotangent other than 1
 
     (_, (terms, aux)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    out[buckets] = terms, aux, grads
-  t1, a1, g1 = out[1]
-  t2, a2, g2 = out[2]
+    out[setting] = terms, aux, grads
+  t1, a1, g1 = out[(1, 0)]
   positives = int(a1['num_mask_rois'])
-  assert 0 < positives <= 8, positives              # so the bucket below the cap (16) runs
-  assert int(a2['mask_bucket']) == 0 and int(a2['num_mask_rois']) == positives
+  assert 3 < positives <= 8, positives              # so the bucket below the cap (16) runs
   # The mask head gets gradients (so the comparison below covers them).
   assert float(jnp.abs(g1['mask_head']['conv1']['kernel']).sum()) > 0
-  for k in t1:
-    np.testing.assert_allclose(float(t2[k]), float(t1[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-  # Summation order differs between the buckets: float32 noise relative to
-  # each leaf's scale.
-  jax.tree_util.tree_map_with_path(
-      lambda path, a, b: np.testing.assert_allclose(
-          a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
-          err_msg=jax.tree_util.keystr(path)), g2, g1)
+  for setting in ((2, 0), (2, 3)):
+    t2, a2, g2 = out[setting]
+    assert int(a2['mask_bucket']) == 0 and int(a2['num_mask_rois']) == positives
+    for k in t1:
+      np.testing.assert_allclose(float(t2[k]), float(t1[k]), rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{setting} {k}')
+    # Summation order differs between the settings: float32 noise relative to
+    # each leaf's scale.
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_allclose(
+            a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))) + 1e-8,
+            err_msg=f'{setting} {jax.tree_util.keystr(path)}'), g2, g1)
 
 
 def test_seen_calibration(setup):

@@ -89,8 +89,9 @@ def reconstruction_mse(original, reconstruction, weights):
   return residual_mse(original - reconstruction, weights)
 
 
-def residual_mse(residual, weights):
-  """``reconstruction_mse`` given the error ``R - O`` [N, ...F] itself."""
+def residual_mse(residual, weights, count=None):
+  """``reconstruction_mse`` given the error ``R - O`` [N, ...F] itself; divided by
+  ``count`` (default the sum of ``weights``) when these N rows are a piece of a larger set."""
   w = weights.astype(jnp.float32)
   per = jnp.mean(jnp.square(residual).reshape(residual.shape[0], -1), axis=-1)
-  return safe_divide(jnp.sum(per * w), jnp.sum(w))
+  return safe_divide(jnp.sum(per * w), jnp.sum(w) if count is None else count)

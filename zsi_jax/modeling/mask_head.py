@@ -45,6 +45,8 @@ class SemanticMaskHead(nn.Module):
     recon_weight: weight of the reconstruction loss.
     slot_buckets: positive-RoI slots per image the training loss may run at
       (``buckets.slot_buckets``); the largest is the cap.
+    loss_piece_slots: a bucket's loss runs in pieces of at most this many slots
+      per image, one after another (its peak memory is a piece's); 0: whole.
     conv3x3: the 3x3 convolution layer.
     dtype: computation dtype.
   """
@@ -57,6 +59,7 @@ class SemanticMaskHead(nn.Module):
   sampling_ratio: int
   recon_weight: float
   slot_buckets: Tuple[int, ...]
+  loss_piece_slots: int = 0
   conv3x3: ModuleDef = Conv3x3
   dtype: Any = jnp.float32
 
@@ -151,7 +154,8 @@ class SemanticMaskHead(nn.Module):
     """Mask BCE on the ground-truth class channel and reconstruction, on the positive RoIs.
 
     The loss runs in the smallest slot bucket that holds every image's
-    positives, with its gradients computed inside that bucket
+    positives, in pieces of at most ``loss_piece_slots`` slots per image, one
+    piece at a time, with its gradients computed inside each piece
     (``buckets.switch_with_gradients``). So the returned loss carries the
     gradient of both terms, and the two terms are reported values.
 
@@ -173,20 +177,30 @@ class SemanticMaskHead(nn.Module):
     rest = (rois['rois'], rois['labels'], pos, rois['matched_gt'],
             batch['gt_masks'].astype(jnp.float32), batch['gt_boxes'],
             jnp.asarray(weight, jnp.float32))
-    branches = [functools.partial(SemanticMaskHead._loss_in_slots, slots=n)
-                for n in self.slot_buckets]
-    loss, (bce, recon, count) = buckets.switch_with_gradients(self, bucket, branches, diff, rest)
+    pieces = [buckets.pieces(n, self.loss_piece_slots) for n in self.slot_buckets]
+    branches = [functools.partial(SemanticMaskHead._loss_in_slots, slots=n, piece_size=size)
+                for n, (_, size) in zip(self.slot_buckets, pieces)]
+    loss, (bce, recon, count) = buckets.switch_with_gradients(
+        self, bucket, branches, diff, rest, pieces=[count for count, _ in pieces])
     return (loss, dict(mask_bce=bce, mask_recon=weight * recon),
             dict(num_mask_rois=count, mask_bucket=bucket))
 
-  def _loss_in_slots(self, diff, rest, slots: int):
-    """The loss on the first ``slots`` positive RoIs of each image (a bucket's branch).
+  def _loss_in_slots(self, diff, rest, slots: int, piece_size: int, piece):
+    """One piece of the loss on the first ``slots`` positive RoIs of each image
+    (a bucket's branch): slots ``[piece * piece_size, (piece + 1) * piece_size)``.
 
-    Returns (bce + weight * recon, (bce, unweighted recon, number of mask RoIs)).
+    Both terms are divided by the bucket's count of mask RoIs, so the pieces
+    add up to the bucket's loss. Returns (bce + weight * recon, (bce,
+    unweighted recon, number of mask RoIs in this piece)).
     """
     features, class_matrix = diff
     rois, labels, pos, matched_gt, gt_masks, gt_boxes, weight = rest
-    index, valid = jax.vmap(lambda p: _first_true(p, slots))(pos)
+    padded = -(-slots // piece_size) * piece_size          # the pieces cover the bucket
+    index, valid = jax.vmap(lambda p: _first_true(p, padded))(pos)
+    valid = valid & (jnp.arange(index.shape[1]) < slots)
+    count = jnp.sum(valid)
+    index, valid = (jax.lax.dynamic_slice_in_dim(x, piece * piece_size, piece_size, axis=1)
+                    for x in (index, valid))
     take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)),
                                          axis=1)
     m_rois = take(rois)
@@ -201,8 +215,8 @@ class SemanticMaskHead(nn.Module):
     bce = L.safe_divide(
         L.sigmoid_binary_cross_entropy(logits, m_targets.reshape(logits.shape),
                                        valid[:, None, None]),
-        jnp.sum(valid) * self.mask_size ** 2)
-    recon = (L.residual_mse(head['residual'], valid)
+        count * self.mask_size ** 2)
+    recon = (L.residual_mse(head['residual'], valid, count)
              if head['residual'] is not None else jnp.zeros(()))
     return bce + weight * recon, (bce, recon, jnp.sum(valid))
 
@@ -227,6 +241,8 @@ class SemanticMaskHead(nn.Module):
 
 
 def _first_true(mask, n):
-  """Indices of the first ``n`` True entries of ``mask`` [R] -> ([n] int32, [n] bool)."""
-  order = jnp.argsort(~mask, stable=True)[:n]
-  return order.astype(jnp.int32), mask[order]
+  """Indices of the first ``n`` True entries of ``mask`` [R] -> ([n] int32, [n] bool);
+  beyond R the entries are False (index R - 1)."""
+  padded = jnp.pad(mask, (0, max(0, n - mask.shape[0])))
+  order = jnp.argsort(~padded, stable=True)[:n]
+  return jnp.minimum(order, mask.shape[0] - 1).astype(jnp.int32), padded[order]

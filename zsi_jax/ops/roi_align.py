@@ -5,20 +5,24 @@ Matches ``torchvision.ops.roi_align(..., aligned=True)`` with a fixed
 a sample more than one pixel outside the map contributes 0, samples within
 that pixel are clamped to the border.
 
-Gather form: every output bin reads the two neighbours of each of its
-samples along each axis (``2 * ratio`` rows by ``2 * ratio`` columns, one
-gather for all of them) from a flattened feature buffer and sums them with
-the separable bilinear weights (25% faster on the CPU than four gathers of
-the samples' corners followed by a mean). Multi-level pooling concatenates
-the levels into one buffer and gives each RoI its level's offset, size and
-scale, so all RoIs are pooled by one gather whatever their level (no
-per-level masking, no wasted 4x work).
+Tap by tap: each output bin reads the two neighbours of each of its samples
+along each axis, ``(2 * ratio)^2`` taps of C channels with separable bilinear
+weights. The taps are gathered and summed one tap position at a time
+(``_weighted_taps``), never all at once, and the gradient scatter-adds them
+one tap position at a time, keeping only their indices and weights: the
+pooled output's size in memory, not ``(2 * ratio)^2`` times it. Multi-level
+pooling concatenates the levels into one buffer and gives each RoI its
+level's offset, size and scale, so all RoIs are pooled together whatever
+their level (no per-level masking, no wasted 4x work). Boxes get no gradient
+(as in torchvision).
 Cost: R * out^2 * (2 * ratio)^2 gathered rows of C channels.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 
 from zsi_jax.ops.boxes import box_area
@@ -82,14 +86,52 @@ def _pool(flat, offsets, heights, widths, scales, rois, output_size, sampling_ra
 
   yi, wy = bin_taps(box[:, 1], box[:, 3] - box[:, 1], heights)      # [R, out, T]
   xi, wx = bin_taps(box[:, 0], box[:, 2] - box[:, 0], widths)
-  expand = lambda v: v[:, None, None, None, None]
-  idx = expand(offsets) + yi[:, :, :, None, None] * expand(widths) + xi[:, None, None, :, :]
-  # One gather of every tap of every bin, [R, out, T, out, T, C]; indices are
-  # in bounds by construction (clamped samples, per-level offsets).
-  taps = flat.at[idx.reshape(-1)].get(mode='promise_in_bounds').reshape(
-      idx.shape + flat.shape[-1:])
-  weights = wy[:, :, :, None, None] * wx[:, None, None, :, :]     # float32: sums in f32
-  return jnp.sum(taps * weights[..., None], axis=(2, 4))
+  # Row of every tap in ``flat`` and its weight, [R, out, T, out, T]; indices
+  # are in bounds by construction (clamped samples, per-level offsets).
+  idx = (offsets[:, None, None, None, None] + yi[:, :, :, None, None] *
+         widths[:, None, None, None, None] + xi[:, None, None, :, :])
+  weights = wy[:, :, :, None, None] * wx[:, None, None, :, :]      # float32: sums in f32
+  by_tap = lambda a: jnp.moveaxis(a, (2, 4), (0, 1)).reshape(idx.shape[2] * idx.shape[4], -1)
+  pooled = _weighted_taps(flat.shape, jnp.dtype(flat.dtype), flat, by_tap(idx),
+                          by_tap(weights))
+  return pooled.reshape((r, out, out) + flat.shape[-1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _weighted_taps(shape, dtype, flat, idx, weights):
+  """``sum_t flat[idx[t]] * weights[t]``, one tap position ``t`` at a time.
+
+  Args:
+    shape, dtype: ``flat``'s (static, for the gradient).
+    flat: [M, C] features.
+    idx: [T, N] int32 rows of ``flat``, in bounds.
+    weights: [T, N] float32.
+  Returns:
+    [N, C] float32. The gradient reaches ``flat`` only.
+  """
+  del shape, dtype
+  total = None
+  for t in range(idx.shape[0]):
+    term = flat.at[idx[t]].get(mode='promise_in_bounds') * weights[t][:, None]
+    total = term if total is None else total + term
+  return total
+
+
+def _weighted_taps_fwd(shape, dtype, flat, idx, weights):
+  return _weighted_taps(shape, dtype, flat, idx, weights), (idx, weights)
+
+
+def _weighted_taps_bwd(shape, dtype, residuals, grad):
+  # A loop, so one tap position's scattered rows [N, C] are alive at a time.
+  def add_tap(total, tap):
+    rows, w = tap
+    return total.at[rows].add(grad * w[:, None], mode='promise_in_bounds'), None
+  idx, weights = residuals
+  total = jax.lax.scan(add_tap, jnp.zeros(shape, jnp.float32), (idx, weights))[0]
+  return total.astype(dtype), None, None
+
+
+_weighted_taps.defvjp(_weighted_taps_fwd, _weighted_taps_bwd)
 
 
 def roi_align(features, rois, output_size: int, spatial_scale: float, sampling_ratio: int):
