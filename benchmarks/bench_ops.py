@@ -2,7 +2,10 @@
 
 RoIAlign: 512 RoIs x 2 images, 256 channels, P2..P5 of a 1024x1024 image,
 7x7 output, sampling ratio 2 (zsi_jax vmaps ``multilevel_roi_align``;
-torchvision runs ``MultiScaleRoIAlign`` on the same maps and boxes).
+torchvision runs ``MultiScaleRoIAlign`` on the same maps and boxes); forward,
+and forward plus the gradient with respect to the features; with the size of
+XLA's temporary arena for each (the memory the computation needs beyond its
+inputs and outputs).
 NMS: 2000 random boxes at IoU 0.7 (``nms_padded`` vs ``torchvision.ops.nms``).
 Both use the same number of CPU threads.
 
@@ -36,22 +39,38 @@ def random_rois(rng, n, size):
 
 
 def bench_roi_align(repeats, batch=2, rois=512, channels=256, size=1024):
+  """(forward, gradient) rows: (name, zsi_jax s, torchvision s, zsi_jax XLA temp MiB).
+  The gradient row times d(sum(pooled * g)) / d(features), with its forward pass."""
   rng = np.random.default_rng(0)
   feats = [rng.normal(size=(batch, size // 2**l, size // 2**l, channels)).astype(np.float32)
            for l in (2, 3, 4, 5)]
   boxes = np.stack([random_rois(rng, rois, size) for _ in range(batch)])
-  fn = jax.jit(jax.vmap(lambda f2, f3, f4, f5, r: ra.multilevel_roi_align(
-      [f2, f3, f4, f5], r, 7, 2)))
+  g = rng.normal(size=(batch, rois, 7, 7, channels)).astype(np.float32)
+  pool = jax.vmap(lambda f2, f3, f4, f5, r: ra.multilevel_roi_align([f2, f3, f4, f5], r, 7, 2))
   jf = [jnp.asarray(f) for f in feats]
-  jb = jnp.asarray(boxes)
-  t_jax = median_seconds(lambda: jax.block_until_ready(fn(*jf, jb)), repeats, warmup=True)
+  jb, jg = jnp.asarray(boxes), jnp.asarray(g)
+  fwd = jax.jit(pool).lower(*jf, jb).compile()
+  grad = jax.jit(jax.grad(lambda fs, r: jnp.sum(pool(*fs, r) * jg))).lower(jf, jb).compile()
+  temp = lambda c: c.memory_analysis().temp_size_in_bytes / 2**20
+  t_fwd = median_seconds(lambda: jax.block_until_ready(fwd(*jf, jb)), repeats, warmup=True)
+  t_grad = median_seconds(lambda: jax.block_until_ready(grad(jf, jb)), repeats, warmup=True)
   pooler = MultiScaleRoIAlign(['p2', 'p3', 'p4', 'p5'], 7, 2)
   tf = OrderedDict((f'p{l}', torch.tensor(f).permute(0, 3, 1, 2).contiguous())
                    for l, f in zip((2, 3, 4, 5), feats))
   tb = [torch.tensor(b) for b in boxes]
+  tg = torch.tensor(g).reshape(-1, 7, 7, channels).permute(0, 3, 1, 2)
   with torch.no_grad():
-    t_tv = median_seconds(lambda: pooler(tf, tb, [(size, size)] * batch), repeats, warmup=True)
-  return t_jax, t_tv
+    tv_fwd = median_seconds(lambda: pooler(tf, tb, [(size, size)] * batch), repeats, warmup=True)
+  for t in tf.values():
+    t.requires_grad_(True)
+
+  def tv_grad():
+    for t in tf.values():
+      t.grad = None
+    (pooler(tf, tb, [(size, size)] * batch) * tg).sum().backward()
+  tv_grad_s = median_seconds(tv_grad, repeats, warmup=True)
+  name = f'multilevel RoIAlign {batch}x{rois} RoIs, {channels} ch, {size}^2'
+  return [(name, t_fwd, tv_fwd, temp(fwd)), (name + ', gradient', t_grad, tv_grad_s, temp(grad))]
 
 
 def bench_nms(repeats, n=2000):
@@ -73,11 +92,12 @@ def main():
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
   print(f'devices: jax={jax.devices()[0].platform} torch=cpu threads={threads}')
-  rows = [('multilevel RoIAlign 2x512 RoIs, 256 ch, 1024^2', *bench_roi_align(args.repeats)),
-          ('NMS 2000 boxes @0.7', *bench_nms(args.repeats))]
-  print(f'{"op":<48} {"zsi_jax ms":>11} {"torchvision ms":>15} {"ratio tv/jax":>13}')
-  for name, tj, tt in rows:
-    print(f'{name:<48} {tj * 1e3:>11.1f} {tt * 1e3:>15.1f} {tt / tj:>13.2f}')
+  rows = bench_roi_align(args.repeats) + [('NMS 2000 boxes @0.7', *bench_nms(args.repeats), None)]
+  print(f'{"op":<58} {"zsi_jax ms":>11} {"torchvision ms":>15} {"ratio tv/jax":>13} '
+        f'{"XLA temp MiB":>13}')
+  for name, tj, tt, temp in rows:
+    print(f'{name:<58} {tj * 1e3:>11.1f} {tt * 1e3:>15.1f} {tt / tj:>13.2f} '
+          f'{"" if temp is None else f"{temp:.0f}":>13}')
 
 
 if __name__ == '__main__':

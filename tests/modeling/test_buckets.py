@@ -37,10 +37,11 @@ class _Head(nn.Module):
     value = jnp.sum(y ** 2) * scale
     return value, (value, jnp.sum(y))
 
-  def switched(self, index, x, w, scale, pieces):
+  def switched(self, index, x, w, scale, pieces, active=None):
     branches = [functools.partial(_Head.loss, slots=n, size=n // p)
                 for n, p in zip((2, 4), pieces)]
-    return buckets.switch_with_gradients(self, index, branches, (x, w), (scale,), pieces)
+    return buckets.switch_with_gradients(self, index, branches, (x, w), (scale,), pieces,
+                                         active)
 
 
 def test_pieces_cover_a_bucket_in_equal_parts():
@@ -76,3 +77,26 @@ def test_switch_with_gradients_equals_plain_differentiation(pieces):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # Rows beyond the bucket get no gradient.
     assert np.all(np.asarray(g_fused[1])[slots:] == 0)
+
+
+def test_only_the_active_pieces_run():
+  # The 4-row bucket in pieces of one row with 2 active: the loss of rows 0-1
+  # (3 or more active: all 4; 0 active: still piece 0).
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3,)), jnp.float32)
+  head = _Head()
+  variables = head.init(jax.random.PRNGKey(0), x)
+  for active, rows in ((0, 1), (2, 2), (3, 3), (9, 4)):
+    def fused(v, x):
+      return head.apply(v, 1, x, w, 0.5, (2, 4), (jnp.int32(1), jnp.int32(active)),
+                        method=_Head.switched)[0]
+
+    def plain(v, x):
+      return head.apply(v, (x, w), (0.5,), rows, method=_Head.loss)[0]
+
+    np.testing.assert_allclose(jax.jit(fused)(variables, x), plain(variables, x), rtol=1e-6)
+    g_fused = jax.jit(jax.grad(fused, argnums=(0, 1)))(variables, x)
+    g_plain = jax.grad(plain, argnums=(0, 1))(variables, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_fused), jax.tree_util.tree_leaves(g_plain)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

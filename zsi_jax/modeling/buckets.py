@@ -16,13 +16,15 @@ scales them. With a single bucket it is the plain loss and its gradients.
 A branch may also run in pieces, one after another (a loop whose body computes
 one piece's loss and gradients and adds them up), so only one piece's
 activations are alive at a time: the peak memory of a large bucket is that of a
-piece.
+piece. The loop runs only the pieces that hold work (a trip count known at run
+time), which also keeps XLA from unrolling it into straight-line code that its
+scheduler would interleave.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Sequence, Tuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -49,7 +51,7 @@ def smallest_bucket(counts, sizes: Sequence[int]):
 
 
 def switch_with_gradients(module: nn.Module, index, branches: Sequence[Callable], diff, rest,
-                          pieces: Optional[Sequence[int]] = None):
+                          pieces: Optional[Sequence[int]] = None, active_pieces=None):
   """``nn.switch(index, branches, module, diff, rest)`` whose backward pass is
   computed in the forward pass, inside the taken branch.
 
@@ -68,21 +70,24 @@ def switch_with_gradients(module: nn.Module, index, branches: Sequence[Callable]
     pieces: per branch, how many pieces it runs in (default 1 each): pieces
       ``0 .. n-1`` run one at a time, and the loss, ``aux`` and gradients are
       their sums.
+    active_pieces: per branch, an int32 scalar: run only pieces ``0 .. a-1``
+      (at least piece 0), the others contributing nothing (default: all).
   Returns:
     (loss, aux); ``aux`` carries no gradient.
   """
   pieces = [1] * len(branches) if pieces is None else list(pieces)
   if len(pieces) != len(branches) or min(pieces) < 1:
     raise ValueError(f'pieces {pieces} must give a count >= 1 for each of {len(branches)} branches')
+  active = (pieces if active_pieces is None else
+            [jnp.clip(a, 1, n).astype(jnp.int32) for a, n in zip(active_pieces, pieces)])
 
   def run(mdl, index, diff, rest):
-    return nn.switch(index, [functools.partial(b, piece=jnp.int32(0)) if n == 1
-                             else _summed(b, n) for b, n in zip(branches, pieces)],
+    return nn.switch(index, [_loop(_piece(b), n, a) for b, n, a in zip(branches, pieces, active)],
                      mdl, diff, rest)
 
   def fwd(mdl, index, diff, rest):
-    return nn.switch(index, [_summed_with_gradients(b, n) for b, n in zip(branches, pieces)],
-                     mdl, diff, rest)
+    return nn.switch(index, [_loop(_piece_with_gradients(b), n, a)
+                             for b, n, a in zip(branches, pieces, active)], mdl, diff, rest)
 
   def bwd(grads, cotangent):
     scale = lambda tree: jax.tree_util.tree_map(lambda x: (cotangent[0] * x).astype(x.dtype), tree)
@@ -97,8 +102,9 @@ def _add(a, b):
   return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def _loop(fn, count):
-  """``fn(mdl, diff, rest, piece)`` summed over pieces 0..count-1, one at a time.
+def _loop(fn, count: int, active):
+  """``fn(mdl, diff, rest, piece)`` summed over pieces ``0 .. active-1`` (of at
+  most ``count``), one at a time.
 
   Piece 0 runs first and its result starts the sum, so the loop needs no zeros
   of the result's structure."""
@@ -106,21 +112,24 @@ def _loop(fn, count):
     total = fn(mdl, diff, rest, jnp.int32(0))
     if count == 1:
       return total
-    body = lambda m, carry, piece: (_add(carry, fn(m, diff, rest, piece)), None)
-    loop = nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
-                   length=count - 1)
-    return loop(mdl, total, jnp.arange(1, count, dtype=jnp.int32))[0]
+    def body(m, carry):
+      piece, total = carry
+      return piece + 1, _add(total, fn(m, diff, rest, piece))
+    return nn.while_loop(lambda m, carry: carry[0] < active, body, mdl, (jnp.int32(1), total),
+                         broadcast_variables='params')[1]
   return summed
 
 
-def _summed(branch, count):
-  return _loop(lambda mdl, diff, rest, piece: branch(mdl, diff, rest, piece=piece), count)
+def _piece(branch):
+  return lambda mdl, diff, rest, piece: branch(mdl, diff, rest, piece=piece)
 
 
-def _summed_with_gradients(branch, count):
-  """((loss, aux), (parameter gradients, ``diff`` gradients)), summed over the pieces."""
+def _piece_with_gradients(branch):
+  """One piece's ((loss, aux), (parameter gradients, ``diff`` gradients))."""
   def one(mdl, diff, rest, piece):
     loss, vjp_fn, aux = nn.vjp(lambda m, d: branch(m, d, rest, piece=piece), mdl, diff,
                                has_aux=True)
-    return (loss, aux), vjp_fn(jnp.ones_like(loss))
-  return _loop(one, count)
+    param_grads, diff_grads = vjp_fn(jnp.ones_like(loss))
+    # Inside a lifted loop the gradients come as a FrozenDict: one structure for the sum.
+    return (loss, aux), (flax.core.unfreeze(param_grads), diff_grads)
+  return one

@@ -155,7 +155,8 @@ class SemanticMaskHead(nn.Module):
 
     The loss runs in the smallest slot bucket that holds every image's
     positives, in pieces of at most ``loss_piece_slots`` slots per image, one
-    piece at a time, with its gradients computed inside each piece
+    piece at a time and only those holding positives, with its gradients
+    computed inside each piece
     (``buckets.switch_with_gradients``). So the returned loss carries the
     gradient of both terms, and the two terms are reported values.
 
@@ -180,8 +181,11 @@ class SemanticMaskHead(nn.Module):
     pieces = [buckets.pieces(n, self.loss_piece_slots) for n in self.slot_buckets]
     branches = [functools.partial(SemanticMaskHead._loss_in_slots, slots=n, piece_size=size)
                 for n, (_, size) in zip(self.slot_buckets, pieces)]
+    # Pieces beyond the most positives of an image hold none: they are not run.
+    most = jnp.max(jnp.sum(pos, axis=1))
     loss, (bce, recon, count) = buckets.switch_with_gradients(
-        self, bucket, branches, diff, rest, pieces=[count for count, _ in pieces])
+        self, bucket, branches, diff, rest, pieces=[count for count, _ in pieces],
+        active_pieces=[(most + size - 1) // size for _, size in pieces])
     return (loss, dict(mask_bce=bce, mask_recon=weight * recon),
             dict(num_mask_rois=count, mask_bucket=bucket))
 
