@@ -19,6 +19,7 @@ from zsi_jax.modeling.build import CONV_IMPLS
 from zsi_jax.modeling.class_space import SCORINGS
 from zsi_jax.modeling.mask_head import ENCODERS
 from zsi_jax.modeling.resnet import STAGE_BLOCKS
+from zsi_jax.ops import roi_align
 
 CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),
@@ -27,6 +28,7 @@ CHOICES = {
     'model.mask_head.encoder': ENCODERS,
     'model.test.scoring': SCORINGS,
     'model.conv_impl': CONV_IMPLS,
+    'model.roi_align_form': roi_align.FORMS,
     'data.pipeline': ('threads', 'grain'),
 }
 

@@ -34,6 +34,9 @@ def model_config() -> ml_collections.ConfigDict:
   c.roi_sampling = dict(positive_threshold=0.5, negative_threshold=0.5, num_samples=512,
                         positive_fraction=0.25)
   c.roi_align_sampling_ratio = 2
+  # RoIAlign form (ops/roi_align.py; the same values and gradients): 'per_tap'
+  # never holds every sampling tap at once (less memory, faster), 'gather' does.
+  c.roi_align_form = 'per_tap'
   c.box_head = dict(fc_dim=1024, use_decoder=True, regression='class_agnostic',
                     vocabulary_size=0, smooth_l1_beta=1.0, recon_weight=0.5)
   c.mask_head = dict(num_convs=4, channels=256, encoder='1x1', use_decoder=True, roi_size=14,

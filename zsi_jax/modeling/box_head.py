@@ -45,6 +45,7 @@ class SemanticBoxHead(nn.Module):
       (the authors' COCO setting); the matrix is an argument.
     roi_size: RoIAlign output size (7).
     sampling_ratio: RoIAlign taps per bin and axis.
+    roi_align_form: the RoIAlign form (``ops.roi_align.FORMS``; equal values).
     sampling: RoI sampling of training.
     smooth_l1_beta: transition of the box loss.
     recon_weight: weight of the reconstruction loss.
@@ -62,6 +63,7 @@ class SemanticBoxHead(nn.Module):
   smooth_l1_beta: float
   recon_weight: float
   test: BoxTestConfig
+  roi_align_form: str = 'gather'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -113,7 +115,7 @@ class SemanticBoxHead(nn.Module):
 
   def pool(self, features, rois):
     """RoIAlign of ``rois`` [B, R, 4] from P2..P5 -> [B, R, 7, 7, C]."""
-    return pool_rois(features, rois, self.roi_size, self.sampling_ratio)
+    return pool_rois(features, rois, self.roi_size, self.sampling_ratio, self.roi_align_form)
 
   # ---------------------------------------------------------------- training
   def sample_rois(self, proposals, proposal_valid, batch, key) -> Dict[str, jnp.ndarray]:

@@ -42,6 +42,7 @@ class SemanticMaskHead(nn.Module):
     use_decoder: build ``D`` (Table 1, "SMH Decoder").
     roi_size: RoIAlign output size (14); the masks are twice that.
     sampling_ratio: RoIAlign taps per bin and axis.
+    roi_align_form: the RoIAlign form (``ops.roi_align.FORMS``; equal values).
     recon_weight: weight of the reconstruction loss.
     slot_buckets: positive-RoI slots per image the training loss may run at
       (``buckets.slot_buckets``); the largest is the cap.
@@ -60,6 +61,7 @@ class SemanticMaskHead(nn.Module):
   recon_weight: float
   slot_buckets: Tuple[int, ...]
   loss_piece_slots: int = 0
+  roi_align_form: str = 'gather'
   conv3x3: ModuleDef = Conv3x3
   dtype: Any = jnp.float32
 
@@ -144,7 +146,7 @@ class SemanticMaskHead(nn.Module):
     """Pools ``boxes`` [B, R, 4] from P2..P5 and runs the head on them, against one
     word vector per box (``vectors`` [B*R, D]) or, without vectors, to the semantic map."""
     r = self.roi_size
-    pooled = pool_rois(features, boxes, r, self.sampling_ratio)
+    pooled = pool_rois(features, boxes, r, self.sampling_ratio, self.roi_align_form)
     return self(pooled.reshape((-1, r, r, pooled.shape[-1])),
                 None if vectors is None else vectors[:, None, :], residual=residual)
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from zsi_jax.ops import roi_align
 
 
-def pool_rois(features: Sequence[jnp.ndarray], rois, output_size: int, sampling_ratio: int):
+def pool_rois(features: Sequence[jnp.ndarray], rois, output_size: int, sampling_ratio: int,
+              form: str = 'gather'):
   """Pools each RoI from its FPN level.
 
   Args:
@@ -17,9 +18,10 @@ def pool_rois(features: Sequence[jnp.ndarray], rois, output_size: int, sampling_
     rois: [B, R, 4] boxes in input-image pixels.
     output_size: s.
     sampling_ratio: RoIAlign taps per bin and axis.
+    form: the RoIAlign form (``roi_align.FORMS``; the same values and gradients).
   Returns:
     [B, R, s, s, C].
   """
   levels = list(features[:4])
   return jax.vmap(lambda f, r: roi_align.multilevel_roi_align(
-      f, r, output_size=output_size, sampling_ratio=sampling_ratio))(levels, rois)
+      f, r, output_size=output_size, sampling_ratio=sampling_ratio, form=form))(levels, rois)

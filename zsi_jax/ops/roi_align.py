@@ -5,16 +5,21 @@ Matches ``torchvision.ops.roi_align(..., aligned=True)`` with a fixed
 a sample more than one pixel outside the map contributes 0, samples within
 that pixel are clamped to the border.
 
-Tap by tap: each output bin reads the two neighbours of each of its samples
-along each axis, ``(2 * ratio)^2`` taps of C channels with separable bilinear
-weights. The taps are gathered and summed one tap position at a time
-(``_weighted_taps``), never all at once, and the gradient scatter-adds them
-one tap position at a time, keeping only their indices and weights: the
-pooled output's size in memory, not ``(2 * ratio)^2`` times it. Multi-level
-pooling concatenates the levels into one buffer and gives each RoI its
-level's offset, size and scale, so all RoIs are pooled together whatever
-their level (no per-level masking, no wasted 4x work). Boxes get no gradient
-(as in torchvision).
+Each output bin reads the two neighbours of each of its samples along each
+axis: ``(2 * ratio)^2`` taps of C channels with separable bilinear weights.
+Two forms compute the same values and gradients (``FORMS``):
+- ``'gather'``: every tap of every bin in one gather, [R, out, T, out, T, C],
+  summed with the weights; differentiated by JAX (the taps' gradient is as
+  large again).
+- ``'per_tap'``: one tap position at a time gathered, weighted and added
+  (XLA fuses the sum; nothing of tap size is stored), with a custom gradient
+  that scatter-adds one tap position at a time in a loop and keeps only the
+  taps' indices and weights: the pooled output's size in memory instead of
+  ``(2 * ratio)^2`` times it, and faster on the CPU.
+Multi-level pooling concatenates the levels into one buffer and gives each
+RoI its level's offset, size and scale, so all RoIs are pooled together
+whatever their level (no per-level masking, no wasted 4x work). Boxes get no
+gradient (as in torchvision).
 Cost: R * out^2 * (2 * ratio)^2 gathered rows of C channels.
 """
 from __future__ import annotations
@@ -57,7 +62,10 @@ def _axis_samples(lo, length, size, out, ratio):
   return low.astype(jnp.int32), high.astype(jnp.int32), w_low, w_high
 
 
-def _pool(flat, offsets, heights, widths, scales, rois, output_size, sampling_ratio):
+FORMS = ('gather', 'per_tap')
+
+
+def _pool(flat, offsets, heights, widths, scales, rois, output_size, sampling_ratio, form):
   """RoIAlign from a flattened buffer.
 
   Args:
@@ -66,15 +74,18 @@ def _pool(flat, offsets, heights, widths, scales, rois, output_size, sampling_ra
       ``flat`` and its level's size.
     scales: [R] float spatial scale of each RoI's level.
     rois: [R, 4] boxes in image pixels.
+    form: one of ``FORMS``.
   Returns:
-    [R, output_size, output_size, C].
+    [R, output_size, output_size, C] float32.
   """
   if sampling_ratio <= 0:
     raise ValueError('sampling_ratio must be > 0: the adaptive ratio of torchvision '
                      '(sampling_ratio=0) would make shapes depend on the RoI size')
+  if form not in FORMS:
+    raise ValueError(f'RoIAlign form must be one of {FORMS}, got {form!r}')
   r = rois.shape[0]
   out, ratio = output_size, sampling_ratio
-  box = rois * scales[:, None] - 0.5
+  box = jax.lax.stop_gradient(rois) * scales[:, None] - 0.5
 
   def bin_taps(lo, length, size):
     # Each output bin reads 2 * ratio rows (columns): the low and high
@@ -91,6 +102,10 @@ def _pool(flat, offsets, heights, widths, scales, rois, output_size, sampling_ra
   idx = (offsets[:, None, None, None, None] + yi[:, :, :, None, None] *
          widths[:, None, None, None, None] + xi[:, None, None, :, :])
   weights = wy[:, :, :, None, None] * wx[:, None, None, :, :]      # float32: sums in f32
+  if form == 'gather':
+    taps = flat.at[idx.reshape(-1)].get(mode='promise_in_bounds').reshape(
+        idx.shape + flat.shape[-1:])
+    return jnp.sum(taps * weights[..., None], axis=(2, 4))
   by_tap = lambda a: jnp.moveaxis(a, (2, 4), (0, 1)).reshape(idx.shape[2] * idx.shape[4], -1)
   pooled = _weighted_taps(flat.shape, jnp.dtype(flat.dtype), flat, by_tap(idx),
                           by_tap(weights))
@@ -134,7 +149,8 @@ def _weighted_taps_bwd(shape, dtype, residuals, grad):
 _weighted_taps.defvjp(_weighted_taps_fwd, _weighted_taps_bwd)
 
 
-def roi_align(features, rois, output_size: int, spatial_scale: float, sampling_ratio: int):
+def roi_align(features, rois, output_size: int, spatial_scale: float, sampling_ratio: int,
+              form: str = 'gather'):
   """Single-level RoIAlign (aligned=True).
 
   Args:
@@ -143,6 +159,7 @@ def roi_align(features, rois, output_size: int, spatial_scale: float, sampling_r
     output_size: static bins per side.
     spatial_scale: feature pixels per image pixel (1 / stride).
     sampling_ratio: static samples per bin per axis (> 0).
+    form: one of ``FORMS`` (the same values and gradients).
   Returns:
     [R, output_size, output_size, C], same dtype as ``features``.
   """
@@ -151,7 +168,7 @@ def roi_align(features, rois, output_size: int, spatial_scale: float, sampling_r
   full = lambda v: jnp.full((r,), v, jnp.int32)
   out = _pool(features.reshape(h * w, c), full(0), full(h), full(w),
               jnp.full((r,), spatial_scale, jnp.float32), rois.astype(jnp.float32),
-              output_size, sampling_ratio)
+              output_size, sampling_ratio, form)
   return out.astype(features.dtype)
 
 
@@ -170,14 +187,14 @@ def assign_fpn_levels(rois, min_level: int = 2, max_level: int = 5,
 
 
 def multilevel_roi_align(features: Sequence[jnp.ndarray], rois, output_size: int,
-                         sampling_ratio: int = 2, min_level: int = 2):
+                         sampling_ratio: int = 2, min_level: int = 2, form: str = 'gather'):
   """RoIAlign over a pyramid, each RoI on its own level.
 
   Args:
     features: maps ``[H_l, W_l, C]`` for levels ``min_level, min_level+1, ...``
       (level l has stride 2**l).
     rois: [R, 4] boxes in image pixels.
-    output_size, sampling_ratio: as in :func:`roi_align`.
+    output_size, sampling_ratio, form: as in :func:`roi_align`.
   Returns:
     [R, output_size, output_size, C].
   """
@@ -194,5 +211,5 @@ def multilevel_roi_align(features: Sequence[jnp.ndarray], rois, output_size: int
   out = _pool(flat, pick(starts, jnp.int32), pick([h for h, _ in sizes], jnp.int32),
               pick([w for _, w in sizes], jnp.int32),
               pick([2.0 ** -(min_level + i) for i in range(len(features))], jnp.float32),
-              rois.astype(jnp.float32), output_size, sampling_ratio)
+              rois.astype(jnp.float32), output_size, sampling_ratio, form)
   return out.astype(features[0].dtype)
