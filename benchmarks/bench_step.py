@@ -37,8 +37,10 @@ Usage:
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
       [--set model.conv_impl=conv ...] [--xla_memory]
-  --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 makes the
-  zsi_jax mask head run on all 128 slots per image (its worst case); --set
+  --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 --set
+  model.mask_head.loss_piece_slots=0 makes the zsi_jax mask head run on all
+  128 slots per image (its worst case; with pieces it runs only those holding
+  positives, reported as mask-head RoIs per image); --set
   overrides a field of the zsi_jax config (for A/B runs); --xla_memory only
   compiles the zsi_jax side and prints XLA's buffer sizes (the arena of
   intermediate values is what the model code decides; RSS adds the runtime).
@@ -205,14 +207,14 @@ def run_jax(args) -> dict:
   out['train_first_step_s'] = time.perf_counter() - t0
   out['train_compile_s'] = sum(s for _, s in events)
   n_before = backend_compiles()
-  times, buckets = [], []
+  times, slots = [], []
   start = state
   for _ in range(args.steps):
     t = time.perf_counter()
     state, m = step(start if args.fixed_sampling else state, batch, cv_d, cm_d)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-    buckets.append(int(m['mask_bucket']))
+    slots.append(int(m['mask_slots']))
   out['train_step_s'] = float(np.median(times))
   out['train_img_per_s'] = args.batch / out['train_step_s']
   out['train_loss'] = float(m['total'])
@@ -220,10 +222,9 @@ def run_jax(args) -> dict:
   out['positive_rois_per_image'] = float(m['num_pos_rois']) / args.batch
   out['recompiles_during_steps'] = backend_compiles() - n_before
   out['train_cache_size'] = step._cache_size()
-  # Slots the mask head ran on in each timed step (the bucket is chosen per
-  # batch from the positives, so step times vary with it).
-  sizes = model.mask_head.slot_buckets
-  out['mask_head_rois_per_image'] = [sizes[i] for i in buckets]
+  # Slots per image the mask head ran on in each timed step (its bucket's
+  # pieces that hold positives, chosen per batch, so step times vary with it).
+  out['mask_head_rois_per_image'] = slots
   if args.profile:
     state, m = profile_call(args.profile, 'train_step', step, state, batch, cv_d, cm_d)
 
@@ -469,8 +470,8 @@ def main():
   p.add_argument('--threads', type=int, default=os.cpu_count(),
                  help='torch intra-op threads (XLA uses one per core)')
   p.add_argument('--roi_buckets', type=int, default=0,
-                 help='zsi_jax mask-RoI slot buckets (0: the config\'s; 1: always the '
-                      'full 128 slots per image, the worst case)')
+                 help='zsi_jax mask-RoI slot buckets (0: the config\'s; 1: one bucket '
+                      'of 128 slots per image, run whole with loss_piece_slots=0)')
   p.add_argument('--fixed_sampling', action='store_true',
                  help='zsi_jax: time the same step from the same state each time (same '
                       'sampling and mask bucket), for A/B comparisons')

@@ -206,6 +206,14 @@ def test_mask_roi_buckets_and_pieces_leave_losses_and_gradients_unchanged(setup)
   for setting in ((2, 0), (2, 3)):
     t2, a2, g2 = out[setting]
     assert int(a2['mask_bucket']) == 0 and int(a2['num_mask_rois']) == positives
+    # The slots run: the 8-slot bucket whole, or the 3-slot pieces holding the
+    # positives of the image with most (between half the batch's and all).
+    slots = int(a2['mask_slots'])
+    if setting[1] == 0:
+      assert slots == 8
+    else:
+      most_low, most_high = -(-positives // 2), positives
+      assert slots % 3 == 0 and 3 * -(-most_low // 3) <= slots <= 3 * -(-most_high // 3), slots
     for k in t1:
       np.testing.assert_allclose(float(t2[k]), float(t1[k]), rtol=1e-5, atol=1e-6,
                                  err_msg=f'{setting} {k}')

@@ -171,7 +171,7 @@ class SemanticMaskHead(nn.Module):
       recon_scale: multiplier of ``recon_weight`` (the train step's ramp).
     Returns:
       (loss, dict(mask_bce, mask_recon) weighted values, dict(num_mask_rois,
-      mask_bucket)).
+      mask_bucket, mask_slots: the slots per image the loss ran on)).
     """
     pos = rois['valid'] & (rois['labels'] > 0)
     bucket = buckets.smallest_bucket(jnp.sum(pos, axis=1), self.slot_buckets)
@@ -185,11 +185,13 @@ class SemanticMaskHead(nn.Module):
                 for n, (_, size) in zip(self.slot_buckets, pieces)]
     # Pieces beyond the most positives of an image hold none: they are not run.
     most = jnp.max(jnp.sum(pos, axis=1))
+    active = [jnp.clip((most + size - 1) // size, 1, count) for count, size in pieces]
     loss, (bce, recon, count) = buckets.switch_with_gradients(
         self, bucket, branches, diff, rest, pieces=[count for count, _ in pieces],
-        active_pieces=[(most + size - 1) // size for _, size in pieces])
+        active_pieces=active)
+    slots = jnp.stack([a * size for a, (_, size) in zip(active, pieces)])[bucket]
     return (loss, dict(mask_bce=bce, mask_recon=weight * recon),
-            dict(num_mask_rois=count, mask_bucket=bucket))
+            dict(num_mask_rois=count, mask_bucket=bucket, mask_slots=slots))
 
   def _loss_in_slots(self, diff, rest, slots: int, piece_size: int, piece):
     """One piece of the loss on the first ``slots`` positive RoIs of each image
