@@ -143,7 +143,6 @@ def run_jax(args) -> dict:
 
   from configs.coco_common import coco_config
   from zsi_jax.config_check import validate
-  from zsi_jax.modeling.build import build_model
   from zsi_jax.modeling.class_space import pad_class_vectors
   from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded
   from zsi_jax.training.train_step import build_training
@@ -164,7 +163,7 @@ def run_jax(args) -> dict:
   # The training setup of train.py (loop.train), without the mesh.
   run = build_training(c, vecs.mean(0), NUM_CLASSES, hw, steps_per_epoch=1000,
                        total_steps=12_000)
-  model, state = run.model, run.state
+  state = run.state
   cv, cm = pad_class_vectors(vecs, NUM_CLASSES)
 
   boxes, classes, full_masks = synthetic_instances(rng, args.batch, hw)
@@ -233,10 +232,8 @@ def run_jax(args) -> dict:
     out['peak_mem_kind'] = 'process max RSS (train only)'
     return out
   variables = {'params': state.params, **state.model_state}
-  # Inference builds its own model: the same parameters, the convolution
-  # forms chosen for a forward-only call (as eval.py and the Predictor).
-  model = build_model(c.model, vecs.mean(0), NUM_CLASSES, training=False)
-  detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
+  detect_fn = inference_detect(c, vecs, cv_d, cm_d)
+  detect = jax.jit(detect_fn)
   def paste_all(det):
     for i in range(args.batch):
       v = det['valid'][i]
@@ -256,8 +253,7 @@ def run_jax(args) -> dict:
   # Pasting on the device, in the same compiled call (the canvas is the image
   # here, so pasting at its size is pasting at the original size).
   paste = jax.vmap(lambda d, ihw: paste_masks_padded(d['masks'], d['boxes'], d['valid'], ihw, hw))
-  detect_paste = jax.jit(lambda v, im, ihw: paste(
-      model.apply(v, im, ihw, cv_d, cm_d, method='detect'), ihw))
+  detect_paste = jax.jit(lambda v, im, ihw: paste(detect_fn(v, im, ihw), ihw))
   infer_device = lambda: jax.block_until_ready(
       detect_paste(variables, batch['image'], batch['input_hw']))
   infer_device()
@@ -287,11 +283,19 @@ def run_jax(args) -> dict:
   return out
 
 
+def inference_detect(c, vecs, cv_d, cm_d):
+  """``(variables, images, input_hw) -> detections`` of the inference model: the
+  same parameters, the convolution forms chosen for a forward-only call (as
+  eval.py and the Predictor)."""
+  from zsi_jax.modeling.build import build_model
+  model = build_model(c.model, vecs.mean(0), NUM_CLASSES, training=False)
+  return lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect')
+
+
 def xla_memory(args, out, train_step, train_args, c, vecs, cv_d, cm_d) -> dict:
   """XLA's buffer sizes (MiB) of the compiled train step and detect call, nothing run:
   ``temp`` is the arena of intermediate values, the part the code decides."""
   import jax
-  from zsi_jax.modeling.build import build_model
 
   def sizes(compiled):
     m = compiled.memory_analysis()
@@ -302,8 +306,7 @@ def xla_memory(args, out, train_step, train_args, c, vecs, cv_d, cm_d) -> dict:
                                .compile())
   if not args.train_only:
     state, batch = train_args[:2]
-    model = build_model(c.model, vecs.mean(0), NUM_CLASSES, training=False)
-    detect = jax.jit(lambda v, im, ihw: model.apply(v, im, ihw, cv_d, cm_d, method='detect'))
+    detect = jax.jit(inference_detect(c, vecs, cv_d, cm_d))
     out['detect_xla_mib'] = sizes(detect.lower({'params': state.params, **state.model_state},
                                                batch['image'], batch['input_hw']).compile())
   return out
