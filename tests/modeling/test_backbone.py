@@ -1,6 +1,7 @@
 """ResNet and FPN: shapes and strides, norms, frozen stages, FPN vs torchvision's FPN."""
 from collections import OrderedDict
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from zsi_jax.modeling.fpn import FPN
-from zsi_jax.modeling.resnet import ResNet, trainable_mask
+from zsi_jax.modeling.resnet import FrozenBatchNorm, ResNet, trainable_mask
 
 
 @pytest.mark.parametrize('depth,norm', [(18, 'group_norm'), (50, 'frozen_bn'), (34, 'batch_norm')])
@@ -28,6 +29,41 @@ def test_resnet_strides_and_channels(depth, norm):
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), v['batch_stats'],
                                      upd['batch_stats'])
     assert any(jax.tree_util.tree_leaves(changed))
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_frozen_batch_norm_equals_flax_batch_norm_in_eval_mode(dtype):
+  """The folded multiply-add against nn.BatchNorm(use_running_average=True) on the
+  same variables, and against the formula in NumPy: values and gradients."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 5)
+  c = 16
+  x = (3.0 * jax.random.normal(keys[0], (2, 5, 7, c)) + 1.0).astype(dtype)
+  variables = {'params': {'scale': 1.0 + 0.5 * jax.random.normal(keys[1], (c,)),
+                          'bias': jax.random.normal(keys[2], (c,))},
+               'batch_stats': {'mean': jax.random.normal(keys[3], (c,)),
+                               'var': jax.random.uniform(keys[4], (c,), minval=0.1, maxval=4.0)}}
+  ours = FrozenBatchNorm(dtype=dtype)
+  flax_bn = nn.BatchNorm(use_running_average=True, epsilon=1e-5, dtype=dtype)
+  assert jax.tree_util.tree_structure(ours.init(keys[0], x)) == \
+      jax.tree_util.tree_structure(flax_bn.init(keys[0], x))
+  y = ours.apply(variables, x)
+  assert y.dtype == dtype
+  p, s = variables['params'], variables['batch_stats']
+  want = ((np.asarray(x, np.float64) - np.asarray(s['mean'], np.float64))
+          / np.sqrt(np.asarray(s['var'], np.float64) + 1e-5) * np.asarray(p['scale'], np.float64)
+          + np.asarray(p['bias'], np.float64))
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=tol, atol=tol)
+
+  g = jax.random.normal(keys[1], x.shape)
+  def loss(module, params, x):
+    out = module.apply({'params': params, 'batch_stats': s}, x)
+    return jnp.sum(out.astype(jnp.float32) * g)
+  got = jax.grad(lambda prm, x: loss(ours, prm, x), argnums=(0, 1))(p, x)
+  ref = jax.grad(lambda prm, x: loss(flax_bn, prm, x), argnums=(0, 1))(p, x)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=tol, atol=tol * float(jnp.max(jnp.abs(b.astype(jnp.float32)))))
 
 
 def test_frozen_bn_statistics_never_change():
