@@ -463,6 +463,16 @@ def report(results, args, runs=None) -> str:
   return '\n'.join(lines)
 
 
+def code_version() -> str:
+  """The measured code: the commit, '+' when the work tree differs from it."""
+  git = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True,
+                                  cwd=os.path.dirname(os.path.abspath(__file__)))
+  head = git('rev-parse', '--short', 'HEAD')
+  if head.returncode:
+    return 'unknown'
+  return head.stdout.strip() + ('+' if git('status', '--porcelain', '--untracked-files=no').stdout.strip() else '')
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--size', default='512')
@@ -520,8 +530,8 @@ def main():
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
-                              repeats=args.repeats, host=machine, runs=runs,
-                              results=results)) + '\n')
+                              repeats=args.repeats, host=machine, code=code_version(),
+                              runs=runs, results=results)) + '\n')
   print(f"host: {host.short_name(machine)}, {machine['cores']} cores")
   print(f'median of {args.repeats} alternating repetitions (min-max):')
   print(report(results, args, runs))
