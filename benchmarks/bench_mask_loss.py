@@ -25,11 +25,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_step import MASK_GT, NUM_GT, synthetic_instances  # noqa: E402
+
 HW = 512
 BATCH = 2
 ROIS = 512            # sampled RoIs per image
-NUM_GT = 8
-MASK_GT = 56
 
 
 def main():
@@ -57,10 +57,8 @@ def main():
   features = [jnp.asarray(rng.normal(size=(BATCH, HW // s, HW // s, channels)), jnp.float32)
               for s in (4, 8, 16, 32)]
   class_matrix = jnp.asarray(rng.normal(size=(66, dim)) / np.sqrt(dim), jnp.float32)
-  # Ground truth: NUM_GT boxes per image with full masks; RoIs jittered around them.
-  wh = rng.uniform(0.1, 0.4, (BATCH, NUM_GT, 2)) * HW
-  xy = rng.uniform(0, 1, (BATCH, NUM_GT, 2)) * (HW - wh)
-  gt_boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  # bench_step's ground-truth boxes (masks: all ones), the RoIs jittered around them.
+  gt_boxes = synthetic_instances(rng, BATCH, (HW, HW))[0]
   matched = rng.integers(0, NUM_GT, (BATCH, ROIS))
   rois = np.take_along_axis(gt_boxes, matched[..., None], 1)
   rois = np.clip(rois + rng.normal(scale=8.0, size=rois.shape), 0, HW - 1).astype(np.float32)
@@ -84,10 +82,10 @@ def main():
     roi_set = dict(rois=jnp.asarray(rois), labels=jnp.asarray(labels),
                    valid=jnp.ones((BATCH, ROIS), bool), matched_gt=jnp.asarray(matched, jnp.int32))
     for piece in (int(v) for v in args.pieces.split(',')):
-      fn = loss_and_grads(head.clone(loss_piece_slots=piece))
       call_args = (variables['params'], features, class_matrix, roi_set)
-      arena = fn.lower(*call_args).compile().memory_analysis().temp_size_in_bytes / 2**20
-      jax.block_until_ready(fn(*call_args))           # compile and warm up
+      fn = loss_and_grads(head.clone(loss_piece_slots=piece)).lower(*call_args).compile()
+      arena = fn.memory_analysis().temp_size_in_bytes / 2**20
+      jax.block_until_ready(fn(*call_args))           # warm-up
       configs.append(dict(positives=positives, piece=piece, fn=fn, args=call_args,
                           arena=arena, times=[]))
   for _ in range(args.reps):

@@ -470,7 +470,8 @@ def code_version() -> str:
   head = git('rev-parse', '--short', 'HEAD')
   if head.returncode:
     return 'unknown'
-  return head.stdout.strip() + ('+' if git('status', '--porcelain', '--untracked-files=no').stdout.strip() else '')
+  modified = git('status', '--porcelain', '--untracked-files=no').stdout.strip()
+  return head.stdout.strip() + ('+' if modified else '')
 
 
 def main():
