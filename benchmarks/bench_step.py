@@ -24,7 +24,14 @@ same number of CPU threads. Measured after compilation / warm-up:
   compile: seconds to lower + compile the train step and the detect function
            (zsi_jax), and whether any compilation happened during the timed
            steps (it must not);
-  peak memory: process max RSS on the CPU, allocator peak on a GPU.
+  peak memory: process max RSS on the CPU, allocator peak on a GPU;
+  CPU use of the train steps: cores busy (process CPU time over wall time)
+  and page faults per step (pages first touched, fresh from the OS).
+
+Both sides keep freed memory for reuse (``host.reuse_freed_memory``, which
+train.py, eval.py and predict.py call): without it both map and zero their
+large buffers anew at every step; ``--default_malloc`` measures glibc's
+defaults instead, on both sides.
 
 Each side runs --repeats times, alternating (zsi_jax, torchvision, zsi_jax,
 ...), each time in a fresh subprocess: the report gives every number's median
@@ -36,7 +43,7 @@ Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5] [--repeats 3]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
-      [--set model.conv_impl=conv ...] [--xla_memory]
+      [--set model.conv_impl=conv ...] [--xla_memory] [--default_malloc]
   --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 --set
   model.mask_head.loss_piece_slots=0 makes the zsi_jax mask head run on all
   128 slots per image (its worst case; with pieces it runs only those holding
@@ -132,6 +139,19 @@ def profile_call(folder: str, name: str, fn, *args):
   return out
 
 
+def cpu_seconds() -> float:
+  """User + system CPU time of this process, all threads (cores busy = its
+  growth over a wall-clock interval divided by that interval)."""
+  t = os.times()
+  return t.user + t.system
+
+
+def page_faults() -> int:
+  """Minor page faults of this process so far: each is a first touch of a page
+  the allocator got fresh from the OS."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -208,12 +228,15 @@ def run_jax(args) -> dict:
   n_before = backend_compiles()
   times, slots = [], []
   start = state
+  cpu0, wall0, faults0 = cpu_seconds(), time.perf_counter(), page_faults()
   for _ in range(args.steps):
     t = time.perf_counter()
     state, m = step(start if args.fixed_sampling else state, batch, cv_d, cm_d)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
     slots.append(int(m['mask_slots']))
+  out['train_cores_busy'] = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+  out['train_page_faults_per_step'] = (page_faults() - faults0) / args.steps
   out['train_step_s'] = float(np.median(times))
   out['train_img_per_s'] = args.batch / out['train_step_s']
   out['train_loss'] = float(m['total'])
@@ -377,7 +400,10 @@ def run_torch(args) -> dict:
   if dev.type == 'cuda':
     torch.cuda.reset_peak_memory_stats()
   losses = [train_step()]                        # warm-up
+  cpu0, wall0, faults0 = cpu_seconds(), time.perf_counter(), page_faults()
   out['train_step_s'] = median_seconds(lambda: losses.append(train_step()), args.steps)
+  out['train_cores_busy'] = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+  out['train_page_faults_per_step'] = (page_faults() - faults0) / args.steps
   out['train_img_per_s'] = args.batch / out['train_step_s']
   out['train_loss'] = losses[-1]
   out['positive_rois_per_image'] = positives[-1]
@@ -401,7 +427,8 @@ def run_side_subprocess(args, side: str) -> dict:
          '--batch', str(args.batch), '--steps', str(args.steps), '--dtype', args.dtype,
          '--threads', str(args.threads), '--profile', args.profile,
          '--roi_buckets', str(args.roi_buckets)]
-  cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only', 'xla_memory')
+  cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only', 'xla_memory',
+                                    'default_malloc')
           if getattr(args, flag)]
   for item in args.set:
     cmd += ['--set', item]
@@ -430,6 +457,8 @@ def report(results, args, runs=None) -> str:
           ('infer img/s, device paste', 'infer_device_paste_img_per_s', '{:.2f}'),
           ('infer batch, model only (s)', 'infer_model_s', '{:.3f}'),
           ('infer batch, host paste only (s)', 'infer_host_paste_s', '{:.3f}'),
+          ('train: cores busy (CPU s / wall s)', 'train_cores_busy', '{:.2f}'),
+          ('train: page faults per step', 'train_page_faults_per_step', '{:.0f}'),
           ('peak memory (MiB)', 'peak_mem_mib', '{:.0f}'),
           ('positive RoIs / image', 'positive_rois_per_image', '{:.0f}'),
           ('mask-head RoIs / image', 'mask_head_rois_per_image', '{:.0f}'),
@@ -503,10 +532,15 @@ def main():
   p.add_argument('--xla_memory', action='store_true',
                  help='zsi_jax: compile the train step (and detect) and print XLA\'s buffer '
                       'sizes in MiB (temp: the arena of intermediate values); nothing is timed')
+  p.add_argument('--default_malloc', action='store_true',
+                 help='both sides with glibc\'s default allocator settings (no '
+                      'host.reuse_freed_memory)')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()
   if args.side:
+    if not args.default_malloc:
+      host.reuse_freed_memory()         # before either framework allocates
     # XLA's CPU client uses one intra-op thread per core; torch gets the same count.
     if args.side == 'jax':
       print(json.dumps(run_jax(args)))
@@ -531,6 +565,7 @@ def main():
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
+                              default_malloc=args.default_malloc,
                               repeats=args.repeats, host=machine, code=code_version(),
                               runs=runs, results=results)) + '\n')
   print(f"host: {host.short_name(machine)}, {machine['cores']} cores")

@@ -61,6 +61,44 @@ def _malloc_trim():
   return trim
 
 
+@functools.lru_cache(maxsize=1)
+def _mallopt():
+  """glibc's ``mallopt``, loaded once; None without glibc."""
+  try:
+    mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+  except (OSError, AttributeError):
+    return None
+  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+  return mallopt
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def reuse_freed_memory() -> bool:
+  """Keeps the memory a computation frees for the next one, instead of handing it
+  back to the OS (glibc ``mallopt``; call it before JAX starts its backend).
+
+  XLA's CPU runtime allocates each call's buffers anew and frees them after:
+  the R50-FPN train step's 1.6 GB arena of intermediate values is mapped from
+  the OS at every step and unmapped after it, so every step touches 400
+  thousand fresh 4 KiB pages (each a page fault, about 1.6 us on a KVM guest)
+  that the kernel must zero. With one heap for all threads, no allocation
+  mapped on its own and no trimming of the heap's top, the next step's arena
+  reuses the same pages (docs/PERFORMANCE.md measures it). The heap's freed
+  memory still goes back to the OS where :func:`release_freed_heap` runs
+  (after each compilation). Returns False without glibc (nothing is done).
+  """
+  mallopt = _mallopt()
+  if mallopt is None:
+    return False
+  # One arena: XLA's worker threads would otherwise get arenas of their own,
+  # whose large allocations glibc maps from the OS whatever M_MMAP_MAX says.
+  return all(mallopt(param, value) == 1 for param, value in
+             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+
+
 _RELEASING = []
 
 
