@@ -32,6 +32,29 @@ def test_conv3x3_winograd_matches_float64_taps(shape):
   assert np.abs(np.asarray(got16, np.float32) - ref).max() <= 2e-2 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize('shape', [(2, 13, 21, 8), (1, 4, 8, 5), (1, 1, 1, 3)])
+def test_conv3x3_winograd_gradients_match_float64_taps(shape):
+  """Input and kernel gradients (the tiles' overlap-add among them: a size
+  not a multiple of 4 has partial tiles, a 4-multiple whole ones, one pixel a
+  single one) against the taps' own, in float64."""
+  rng = np.random.default_rng(2)
+  x, g = rng.normal(size=shape), rng.normal(size=shape[:3] + (6,))
+  k = rng.normal(size=(3, 3, shape[-1], 6))
+  n, h, w, _ = shape
+  dp = np.zeros((n, h + 2, w + 2, shape[-1]))
+  for i in range(3):
+    for j in range(3):
+      dp[:, i:i + h, j:j + w] += g @ k[i, j].T
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dk = np.stack([np.einsum('nhwc,nhwo->co', p[:, i:i + h, j:j + w], g)
+                 for i in range(3) for j in range(3)]).reshape(k.shape)
+  loss = lambda x, k: jnp.sum(cpu_kernels.conv3x3_winograd(x, k) * jnp.asarray(g, jnp.float32))
+  got_dx, got_dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x, jnp.float32),
+                                                            jnp.asarray(k, jnp.float32))
+  assert np.abs(np.asarray(got_dx) - dp[:, 1:-1, 1:-1]).max() <= 3e-5 * np.abs(dp).max()
+  assert np.abs(np.asarray(got_dk) - dk).max() <= 3e-5 * np.abs(dk).max()
+
+
 def test_im2col_kernel_gradient_matches_float64():
   # d/dk of sum(conv(x, k) * g) is sum over pixels of x's taps times g.
   rng = np.random.default_rng(1)

@@ -16,6 +16,8 @@ is tested equal to the direct one.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,11 +102,44 @@ def _combine(matrix, parts):
   return jnp.stack(rows)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _tiles(x, axis: int, count: int):
   """The six taps of ``count`` overlapping 6-wide windows at stride 4 along
-  ``axis``: a list of six arrays with ``count`` entries on that axis."""
+  ``axis``: a tuple of six arrays with ``count`` entries on that axis.
+
+  Its gradient is written out as the windows' overlap-add (below): JAX's own,
+  six zero-padded full-size copies summed, costs several passes over the input.
+  """
   m = _WINO_OUT
-  return [jax.lax.slice_in_dim(x, j, j + m * (count - 1) + 1, m, axis) for j in range(m + 2)]
+  return tuple(jax.lax.slice_in_dim(x, j, j + m * (count - 1) + 1, m, axis)
+               for j in range(m + 2))
+
+
+def _tiles_fwd(x, axis, count):
+  return _tiles(x, axis, count), None
+
+
+def _tiles_bwd(axis, count, _, taps):
+  """Overlap-add: input position ``4t + k`` collects tap ``k`` of window ``t``
+  and, for k < 2, tap ``k + 4`` of window ``t - 1``.
+
+  taps: six arrays with ``count`` entries on ``axis`` -> one with ``4 count + 2``.
+  """
+  m = _WINO_OUT
+  def interleave(parts):         # [..., count, ...] x len(parts) -> [..., count * len(parts), ...]
+    y = jnp.stack(parts, axis=axis + 1)
+    return y.reshape(y.shape[:axis] + (-1,) + y.shape[axis + 2:])
+  def pad(y, before, after):
+    widths = [(0, 0)] * y.ndim
+    widths[axis] = (before, after)
+    return jnp.pad(y, widths)
+  own = pad(interleave(taps[:m]), 0, 2)                               # positions 0 .. 4 count - 1
+  carried = interleave([taps[m], taps[m + 1]] + [jnp.zeros_like(taps[m])] * (m - 2))
+  carried = pad(jax.lax.slice_in_dim(carried, 0, m * count - 2, axis=axis), m, 0)   # 4 .. 4 count + 1
+  return (own + carried,)
+
+
+_tiles.defvjp(_tiles_fwd, _tiles_bwd)
 
 
 def conv3x3_winograd(x, kernel):
