@@ -46,7 +46,8 @@ def main():
   from zsi_jax import host
   from zsi_jax.modeling.build import build_model
   from zsi_jax.modeling.mask_head import SemanticMaskHead
-  host.reuse_freed_memory()
+  if host.jax_runs_on_cpu_only():
+    host.reuse_freed_memory()
   host.release_heap_after_compiles()
 
   c = coco_config('65_15', learning_rate=0.01, warmup_steps=100)

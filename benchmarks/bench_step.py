@@ -28,10 +28,10 @@ same number of CPU threads. Measured after compilation / warm-up:
   CPU use of the train steps: cores busy (process CPU time over wall time)
   and page faults per step (pages first touched, fresh from the OS).
 
-Both sides keep freed memory for reuse (``host.reuse_freed_memory``, which
-train.py, eval.py and predict.py call): without it both map and zero their
-large buffers anew at every step; ``--default_malloc`` measures glibc's
-defaults instead, on both sides.
+On the CPU both sides keep freed memory for reuse (``host.reuse_freed_memory``,
+which train.py, eval.py and predict.py call there): without it both map and
+zero their large buffers anew at every step; ``--default_malloc`` measures
+glibc's defaults instead, on both sides.
 
 Each side runs --repeats times, alternating (zsi_jax, torchvision, zsi_jax,
 ...), each time in a fresh subprocess: the report gives every number's median
@@ -539,7 +539,7 @@ def main():
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()
   if args.side:
-    if not args.default_malloc:
+    if not args.default_malloc and host.jax_runs_on_cpu_only():
       host.reuse_freed_memory()         # before either framework allocates
     # XLA's CPU client uses one intra-op thread per core; torch gets the same count.
     if args.side == 'jax':

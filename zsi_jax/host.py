@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 
@@ -72,6 +74,21 @@ def _mallopt():
   return mallopt
 
 
+def jax_runs_on_cpu_only(platforms: Optional[str] = None) -> bool:
+  """Whether JAX will compute on the CPU, decided without starting its backends:
+  ``platforms`` (default ``JAX_PLATFORMS``, jax's ``jax_platforms``) names
+  only the CPU, or, unset, no accelerator plugin (CUDA, ROCm, TPU) is installed."""
+  if platforms is None:
+    platforms = jax.config.jax_platforms or ''
+  if platforms:
+    return set(platforms.split(',')) == {'cpu'}
+  if importlib.util.find_spec('libtpu') is not None:
+    return False
+  if list(importlib.metadata.entry_points(group='jax_plugins')):
+    return False
+  return importlib.util.find_spec('jax_plugins') is None
+
+
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
@@ -88,7 +105,9 @@ def reuse_freed_memory() -> bool:
   mapped on its own and no trimming of the heap's top, the next step's arena
   reuses the same pages (docs/PERFORMANCE.md measures it). The heap's freed
   memory still goes back to the OS where :func:`release_freed_heap` runs
-  (after each compilation). Returns False without glibc (nothing is done).
+  (after each compilation). For the CPU only: an accelerator's buffers are
+  not on this heap, and one arena would make the input pipeline's threads
+  wait for each other. Returns False without glibc (nothing is done).
   """
   mallopt = _mallopt()
   if mallopt is None:
