@@ -52,26 +52,24 @@ def release_freed_heap() -> bool:
   return True
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)
+def _glibc(name: str, *argtypes):
+  """glibc's function ``name`` with these argument types, loaded once; None
+  without glibc."""
+  try:
+    function = getattr(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6'), name)
+  except (OSError, AttributeError):
+    return None
+  function.argtypes = list(argtypes)
+  return function
+
+
 def _malloc_trim():
-  """glibc's ``malloc_trim``, loaded once; None without glibc."""
-  try:
-    trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
-  except (OSError, AttributeError):
-    return None
-  trim.argtypes = [ctypes.c_size_t]
-  return trim
+  return _glibc('malloc_trim', ctypes.c_size_t)
 
 
-@functools.lru_cache(maxsize=1)
 def _mallopt():
-  """glibc's ``mallopt``, loaded once; None without glibc."""
-  try:
-    mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
-  except (OSError, AttributeError):
-    return None
-  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-  return mallopt
+  return _glibc('mallopt', ctypes.c_int, ctypes.c_int)
 
 
 def jax_runs_on_cpu_only(platforms: Optional[str] = None) -> bool:
