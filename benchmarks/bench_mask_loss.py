@@ -46,8 +46,6 @@ def main():
   from zsi_jax import host
   from zsi_jax.modeling.build import build_model
   from zsi_jax.modeling.mask_head import SemanticMaskHead
-  if host.jax_runs_on_cpu_only():
-    host.reuse_freed_memory()
   host.release_heap_after_compiles()
 
   c = coco_config('65_15', learning_rate=0.01, warmup_steps=100)

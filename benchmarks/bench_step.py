@@ -28,10 +28,10 @@ same number of CPU threads. Measured after compilation / warm-up:
   CPU use of the train steps: cores busy (process CPU time over wall time)
   and page faults per step (pages first touched, fresh from the OS).
 
-On the CPU both sides keep freed memory for reuse (``host.reuse_freed_memory``,
-which train.py, eval.py and predict.py call there): without it both map and
-zero their large buffers anew at every step; ``--default_malloc`` measures
-glibc's defaults instead, on both sides.
+Both sides run with glibc's allocator defaults, as train.py does: each maps
+and zeroes its large buffers anew at every step. ``--reuse_freed_memory``
+gives both ``host.reuse_freed_memory`` instead (freed memory kept for the
+next step; docs/PERFORMANCE.md has what it gains here and costs elsewhere).
 
 Each side runs --repeats times, alternating (zsi_jax, torchvision, zsi_jax,
 ...), each time in a fresh subprocess: the report gives every number's median
@@ -43,7 +43,7 @@ Usage:
   python benchmarks/bench_step.py [--size 512] [--batch 2] [--steps 5] [--repeats 3]
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
-      [--set model.conv_impl=conv ...] [--xla_memory] [--default_malloc]
+      [--set model.conv_impl=conv ...] [--xla_memory] [--reuse_freed_memory]
   --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 --set
   model.mask_head.loss_piece_slots=0 makes the zsi_jax mask head run on all
   128 slots per image (its worst case; with pieces it runs only those holding
@@ -428,7 +428,7 @@ def run_side_subprocess(args, side: str) -> dict:
          '--threads', str(args.threads), '--profile', args.profile,
          '--roi_buckets', str(args.roi_buckets)]
   cmd += [f'--{flag}' for flag in ('fixed_sampling', 'train_only', 'xla_memory',
-                                    'default_malloc')
+                                    'reuse_freed_memory')
           if getattr(args, flag)]
   for item in args.set:
     cmd += ['--set', item]
@@ -532,14 +532,14 @@ def main():
   p.add_argument('--xla_memory', action='store_true',
                  help='zsi_jax: compile the train step (and detect) and print XLA\'s buffer '
                       'sizes in MiB (temp: the arena of intermediate values); nothing is timed')
-  p.add_argument('--default_malloc', action='store_true',
-                 help='both sides with glibc\'s default allocator settings (no '
-                      'host.reuse_freed_memory)')
+  p.add_argument('--reuse_freed_memory', action='store_true',
+                 help='both sides with host.reuse_freed_memory (glibc keeps freed '
+                      'memory for the next step) instead of the allocator defaults')
   p.add_argument('--side', default='', help=argparse.SUPPRESS)
   p.add_argument('--json', default='', help='append the results (one JSON line per run)')
   args = p.parse_args()
   if args.side:
-    if not args.default_malloc and host.jax_runs_on_cpu_only():
+    if args.reuse_freed_memory:
       host.reuse_freed_memory()         # before either framework allocates
     # XLA's CPU client uses one intra-op thread per core; torch gets the same count.
     if args.side == 'jax':
@@ -565,7 +565,7 @@ def main():
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
-                              default_malloc=args.default_malloc,
+                              reuse_freed_memory=args.reuse_freed_memory,
                               repeats=args.repeats, host=machine, code=code_version(),
                               runs=runs, results=results)) + '\n')
   print(f"host: {host.short_name(machine)}, {machine['cores']} cores")

@@ -7,8 +7,7 @@ debugging behind ``ZSI_TRACEBACK=1`` or absl's ``--verbosity=1`` (``-v 1``).
 The console shows progress bars, warnings, results and this package's own
 messages; everything else logged (orbax, absl) goes to the log file only.
 The compiler's freed memory is handed back after each compilation
-(``host.release_heap_after_compiles``) and, when JAX runs on the CPU, a
-step's freed buffers are kept for the next step (``host.reuse_freed_memory``).
+(``host.release_heap_after_compiles``).
 """
 from __future__ import annotations
 
@@ -69,8 +68,6 @@ def main(run: Callable, errors=()) -> Callable:
   caught = USER_ERRORS + tuple(errors)
 
   def wrapped(argv):
-    if host.jax_runs_on_cpu_only():
-      host.reuse_freed_memory()
     host.release_heap_after_compiles()
     try:
       return run(argv)

@@ -94,6 +94,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 def reuse_freed_memory() -> bool:
   """Keeps the memory a computation frees for the next one, instead of handing it
   back to the OS (glibc ``mallopt``; call it before JAX starts its backend).
+  An opt-in (``bench_step.py --reuse_freed_memory``).
 
   XLA's CPU runtime allocates each call's buffers anew and frees them after:
   the R50-FPN train step's 1.6 GB arena of intermediate values is mapped from
@@ -103,9 +104,11 @@ def reuse_freed_memory() -> bool:
   mapped on its own and no trimming of the heap's top, the next step's arena
   reuses the same pages (docs/PERFORMANCE.md measures it). The heap's freed
   memory still goes back to the OS where :func:`release_freed_heap` runs
-  (after each compilation). For the CPU only: an accelerator's buffers are
-  not on this heap, and one arena would make the input pipeline's threads
-  wait for each other. Returns False without glibc (nothing is done).
+  (after each compilation). Not the default of the entry points: one arena
+  makes the threads wait for each other, and ZSI-Shapes training (small
+  buffers, input pipeline threads) ran 30% slower with it. For the CPU
+  only (an accelerator's buffers are not on this heap). Returns False
+  without glibc (nothing is done).
   """
   mallopt = _mallopt()
   if mallopt is None:
