@@ -139,17 +139,18 @@ def profile_call(folder: str, name: str, fn, *args):
   return out
 
 
-def cpu_seconds() -> float:
-  """User + system CPU time of this process, all threads (cores busy = its
-  growth over a wall-clock interval divided by that interval)."""
+def cpu_use():
+  """(CPU seconds of this process, all threads; wall seconds; minor page
+  faults so far, each a first touch of a page fresh from the OS)."""
   t = os.times()
-  return t.user + t.system
+  return t.user + t.system, time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def page_faults() -> int:
-  """Minor page faults of this process so far: each is a first touch of a page
-  the allocator got fresh from the OS."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def train_cpu_use(start, steps: int) -> dict:
+  """Cores busy (CPU seconds per wall second) and page faults per step since
+  ``start`` (a :func:`cpu_use`), over ``steps`` train steps."""
+  cpu, wall, faults = (now - then for now, then in zip(cpu_use(), start))
+  return dict(train_cores_busy=cpu / wall, train_page_faults_per_step=faults / steps)
 
 
 def peak_rss_mib() -> float:
@@ -228,15 +229,14 @@ def run_jax(args) -> dict:
   n_before = backend_compiles()
   times, slots = [], []
   start = state
-  cpu0, wall0, faults0 = cpu_seconds(), time.perf_counter(), page_faults()
+  start_use = cpu_use()
   for _ in range(args.steps):
     t = time.perf_counter()
     state, m = step(start if args.fixed_sampling else state, batch, cv_d, cm_d)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
     slots.append(int(m['mask_slots']))
-  out['train_cores_busy'] = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
-  out['train_page_faults_per_step'] = (page_faults() - faults0) / args.steps
+  out.update(train_cpu_use(start_use, args.steps))
   out['train_step_s'] = float(np.median(times))
   out['train_img_per_s'] = args.batch / out['train_step_s']
   out['train_loss'] = float(m['total'])
@@ -400,10 +400,9 @@ def run_torch(args) -> dict:
   if dev.type == 'cuda':
     torch.cuda.reset_peak_memory_stats()
   losses = [train_step()]                        # warm-up
-  cpu0, wall0, faults0 = cpu_seconds(), time.perf_counter(), page_faults()
+  start_use = cpu_use()
   out['train_step_s'] = median_seconds(lambda: losses.append(train_step()), args.steps)
-  out['train_cores_busy'] = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
-  out['train_page_faults_per_step'] = (page_faults() - faults0) / args.steps
+  out.update(train_cpu_use(start_use, args.steps))
   out['train_img_per_s'] = args.batch / out['train_step_s']
   out['train_loss'] = losses[-1]
   out['positive_rois_per_image'] = positives[-1]

@@ -117,17 +117,3 @@ def test_reuse_freed_memory_writes_the_second_block_into_resident_pages():
   first, second = _fault_counts('reuse')
   assert first > 1000 and second < first / 20, (first, second)
 
-
-def test_jax_runs_on_cpu_only_follows_jax_platforms(monkeypatch):
-  assert host.jax_runs_on_cpu_only('cpu')
-  assert not host.jax_runs_on_cpu_only('cuda,cpu')
-  # Unset: decided by the accelerator plugins installed.
-  monkeypatch.setattr(host.importlib.util, 'find_spec',
-                      lambda name: object() if name == 'libtpu' else None)
-  assert not host.jax_runs_on_cpu_only('')
-  monkeypatch.setattr(host.importlib.util, 'find_spec', lambda name: None)
-  monkeypatch.setattr(host.importlib.metadata, 'entry_points',
-                      lambda group: ['cuda'] if group == 'jax_plugins' else [])
-  assert not host.jax_runs_on_cpu_only('')
-  monkeypatch.setattr(host.importlib.metadata, 'entry_points', lambda group: [])
-  assert host.jax_runs_on_cpu_only('')

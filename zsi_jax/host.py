@@ -10,11 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import importlib.metadata
-import importlib.util
 import os
 import subprocess
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
 
@@ -70,21 +68,6 @@ def _malloc_trim():
 
 def _mallopt():
   return _glibc('mallopt', ctypes.c_int, ctypes.c_int)
-
-
-def jax_runs_on_cpu_only(platforms: Optional[str] = None) -> bool:
-  """Whether JAX will compute on the CPU, decided without starting its backends:
-  ``platforms`` (default ``JAX_PLATFORMS``, jax's ``jax_platforms``) names
-  only the CPU, or, unset, no accelerator plugin (CUDA, ROCm, TPU) is installed."""
-  if platforms is None:
-    platforms = jax.config.jax_platforms or ''
-  if platforms:
-    return set(platforms.split(',')) == {'cpu'}
-  if importlib.util.find_spec('libtpu') is not None:
-    return False
-  if list(importlib.metadata.entry_points(group='jax_plugins')):
-    return False
-  return importlib.util.find_spec('jax_plugins') is None
 
 
 # glibc's mallopt parameters (malloc.h).
