@@ -69,23 +69,33 @@ def test_im2col_kernel_gradient_matches_float64():
   np.testing.assert_allclose(np.asarray(dk), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_cpu_forms_pick_winograd_for_large_convolutions():
-  # Winograd from WINOGRAD_MIN_MACS multiply-adds up; below it the
-  # im2col-gradient form (training) or the direct convolution (inference),
-  # which share their forward pass. Told apart by rounding.
+@pytest.mark.parametrize('shape', [(1, 8, 8, 8), (1, 16, 16, 512)],
+                         ids=['few multiply-adds', 'few tiles'])
+def test_cpu_forms_use_the_direct_convolution_where_winograd_does_not_pay(shape):
+  # Below WINOGRAD_MIN_MACS multiply-adds or WINOGRAD_MIN_TILES output tiles:
+  # the im2col-gradient form (training) or the direct convolution (inference),
+  # which share their forward pass. Told apart from Winograd by rounding.
   rng = np.random.default_rng(2)
-  small = jnp.asarray(rng.normal(size=(1, 8, 8, 8)), jnp.float32)
-  k_small = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
-  assert 9 * small.size * 8 < cpu_kernels.WINOGRAD_MIN_MACS
-  direct = conv3x3_direct(small, k_small)
+  small = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  k_small = jnp.asarray(rng.normal(size=(3, 3, shape[-1], shape[-1])) / shape[-1], jnp.float32)
+  n, h, w, c = shape
+  macs, tiles = 9 * small.size * c, n * -(-h // 4) * -(-w // 4)
+  assert macs < cpu_kernels.WINOGRAD_MIN_MACS or tiles < cpu_kernels.WINOGRAD_MIN_TILES
+  assert not cpu_kernels.winograd_pays(shape, c)
+  direct = jax.jit(conv3x3_direct)(small, k_small)
   for form in (cpu_kernels.conv3x3_cpu_training, cpu_kernels.conv3x3_cpu_inference):
-    np.testing.assert_array_equal(form(small, k_small), direct)
+    np.testing.assert_array_equal(jax.jit(form)(small, k_small), direct)
   g = jax.grad(lambda k: jnp.sum(cpu_kernels.conv3x3_cpu_training(small, k) ** 2))(k_small)
   g_ref = jax.grad(lambda k: jnp.sum(cpu_kernels.conv3x3_im2col_grad(small, k) ** 2))(k_small)
   np.testing.assert_array_equal(g, g_ref)
+
+
+def test_cpu_forms_pick_winograd_for_large_convolutions():
+  rng = np.random.default_rng(2)
   big = jnp.asarray(rng.normal(size=(1, 40, 40, 96)), jnp.float32)
   k_big = jnp.asarray(rng.normal(size=(3, 3, 96, 96)), jnp.float32)
-  assert 9 * big.size * 96 >= cpu_kernels.WINOGRAD_MIN_MACS
+  assert 9 * big.size * 96 >= cpu_kernels.WINOGRAD_MIN_MACS and 100 >= cpu_kernels.WINOGRAD_MIN_TILES
+  assert cpu_kernels.winograd_pays(big.shape, 96)
   wino = jax.jit(cpu_kernels.conv3x3_winograd)(big, k_big)
   for form in (cpu_kernels.conv3x3_cpu_training, cpu_kernels.conv3x3_cpu_inference):
     np.testing.assert_array_equal(jax.jit(form)(big, k_big), wino)

@@ -40,9 +40,9 @@ def conv_forms(conv_impl: str, training: bool, backend: Optional[str] = None) ->
   """How the model's convolutions are computed (docs/PERFORMANCE.md has the measurements).
 
   ``'auto'``: XLA's convolutions on GPUs and TPUs. On the CPU, 1x1
-  convolutions as matmuls and 3x3 convolutions by Winograd F(4x4, 3x3) from
-  ``cpu_kernels.WINOGRAD_MIN_MACS`` multiply-adds per call up, the fastest
-  form there forward and backward; below that, for training XLA's
+  convolutions as matmuls and 3x3 convolutions by Winograd F(4x4, 3x3) where
+  ``cpu_kernels.winograd_pays`` (enough multiply-adds and output tiles per
+  call), the fastest form there forward and backward; elsewhere, for training XLA's
   convolution with GEMM kernel gradients (the convolution's own kernel
   gradient is several times slower inside the mask loss's bucket switch),
   for inference XLA's convolution. ``'conv'``: XLA's convolutions everywhere.

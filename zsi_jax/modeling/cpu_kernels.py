@@ -26,9 +26,13 @@ from zsi_jax.modeling.layers import conv3x3_direct
 
 # Winograd from this many direct multiply-adds per call (N*H*W*9*C*O) up. Below
 # it Winograd saves well under a millisecond per call, while each such layer
-# adds 0.5-1 s of XLA compilation (forward + backward). In the R50-FPN at
-# 512x512 every 3x3 convolution but the RPN's on P6 is above it.
+# adds 0.5-1 s of XLA compilation (forward + backward).
 WINOGRAD_MIN_MACS = 10**8
+# ... and from this many 4x4 output tiles per call (N * ceil(H/4) * ceil(W/4))
+# up: the kernel's transform and its gradient cost the same whatever the
+# tiles, and with fewer the direct form is faster (docs/PERFORMANCE.md). In
+# the R50-FPN at 512x512, batch 2, that leaves C5's and P5's convolutions to it.
+WINOGRAD_MIN_TILES = 64
 
 
 @jax.custom_vjp
@@ -86,6 +90,7 @@ _WINO_AT = np.array([[1, 1, 1, 1, 1, 0],
                      [0, 1, 1, 4, 4, 0],
                      [0, 1, -1, 8, -8, 1]], np.float32)              # [4, 6] output
 _WINO_OUT = 4
+_WINO_GG = np.kron(_WINO_G, _WINO_G)     # [36, 9]: (G k G^T)[a, b] = sum_ij G[a, i] G[b, j] k[i, j]
 
 
 def _combine(matrix, parts):
@@ -166,8 +171,8 @@ def conv3x3_winograd(x, kernel):
   v = _combine(_WINO_BT, _tiles(x, 1, th))                  # [6r, N, th, W', C]
   v = _combine(_WINO_BT, _tiles(v, 3, tw))                  # [6c, 6r, N, th, tw, C]
   v = v.reshape(m + 2, m + 2, n * th * tw, c)
-  g = jnp.asarray(_WINO_G)
-  u = jnp.einsum('ai,ijco,bj->abco', g, kernel.astype(jnp.float32), g)   # [6r, 6c, C, O]
+  # G k G^T for every channel pair as one GEMM over the flattened pairs.
+  u = (_WINO_GG @ kernel.astype(jnp.float32).reshape(9, c * o)).reshape(m + 2, m + 2, c, o)
   y = jnp.einsum('batc,abco->abto', v, u)                   # [6r, 6c, N*T, O]
   y = _combine(_WINO_AT, list(y))                           # [4p, 6c, N*T, O]
   y = _combine(_WINO_AT, [y[:, j] for j in range(m + 2)])   # [4q, 4p, N*T, O]
@@ -175,14 +180,22 @@ def conv3x3_winograd(x, kernel):
   return y[:, :h, :w].astype(dtype)
 
 
+def winograd_pays(x_shape, out_channels: int) -> bool:
+  """Whether a 3x3 convolution of x [N, H, W, C] to ``out_channels`` is large
+  enough for Winograd: ``WINOGRAD_MIN_MACS`` and ``WINOGRAD_MIN_TILES``."""
+  n, h, w, c = x_shape
+  tiles = n * -(-h // _WINO_OUT) * -(-w // _WINO_OUT)
+  return 9 * n * h * w * c * out_channels >= WINOGRAD_MIN_MACS and tiles >= WINOGRAD_MIN_TILES
+
+
 def _winograd_when_large(x, kernel, small):
-  macs = 9 * x.size * kernel.shape[-1]
-  return conv3x3_winograd(x, kernel) if macs >= WINOGRAD_MIN_MACS else small(x, kernel)
+  large = winograd_pays(x.shape, kernel.shape[-1])
+  return conv3x3_winograd(x, kernel) if large else small(x, kernel)
 
 
 def conv3x3_cpu_training(x, kernel):
-  """The CPU's 3x3 convolution for training: Winograd from ``WINOGRAD_MIN_MACS``
-  multiply-adds up, :func:`conv3x3_im2col_grad` below (a static choice per call site).
+  """The CPU's 3x3 convolution for training: Winograd where :func:`winograd_pays`,
+  else :func:`conv3x3_im2col_grad` (a static choice per call site).
 
   x: [N, H, W, C], kernel: [3, 3, C, O] -> [N, H, W, O].
   """
@@ -190,9 +203,9 @@ def conv3x3_cpu_training(x, kernel):
 
 
 def conv3x3_cpu_inference(x, kernel):
-  """The CPU's 3x3 convolution for a forward-only call: Winograd from
-  ``WINOGRAD_MIN_MACS`` multiply-adds up, XLA's direct convolution below (the
-  forward pass of :func:`conv3x3_im2col_grad`, without its custom gradient).
+  """The CPU's 3x3 convolution for a forward-only call: Winograd where
+  :func:`winograd_pays`, else XLA's direct convolution (the forward pass of
+  :func:`conv3x3_im2col_grad`, without its custom gradient).
 
   x: [N, H, W, C], kernel: [3, 3, C, O] -> [N, H, W, O].
   """
