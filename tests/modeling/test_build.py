@@ -22,7 +22,7 @@ def test_conv_forms_per_backend(training):
     assert _compute(forms.conv1x1) is layers.conv1x1_direct
   cpu_form = cpu_kernels.conv3x3_cpu_training if training else cpu_kernels.conv3x3_cpu_inference
   cpu = conv_forms('auto', training, 'cpu')
-  assert _compute(cpu.conv1x1) is layers.conv1x1_matmul
+  assert _compute(cpu.conv1x1) is cpu_kernels.conv1x1_cpu
   assert _compute(cpu.conv3x3) is cpu_form
   plain = conv_forms('conv', training, 'cpu')
   assert _compute(plain.conv3x3) is layers.conv3x3_direct

@@ -12,7 +12,7 @@ from zsi_jax.modeling.layers import (Conv1x1, Conv3x3, Deconv2x, Linear, conv1x1
 
 CONV3X3 = {'direct': conv3x3_direct, 'im2col_grad': cpu_kernels.conv3x3_im2col_grad,
            'winograd': cpu_kernels.conv3x3_winograd}
-CONV1X1 = {'direct': conv1x1_direct, 'matmul': conv1x1_matmul}
+CONV1X1 = {'direct': conv1x1_direct, 'matmul': conv1x1_matmul, 'cpu': cpu_kernels.conv1x1_cpu}
 
 
 def _perturbed(v):

@@ -40,9 +40,10 @@ def conv_forms(conv_impl: str, training: bool, backend: Optional[str] = None) ->
   """How the model's convolutions are computed (docs/PERFORMANCE.md has the measurements).
 
   ``'auto'``: XLA's convolutions on GPUs and TPUs. On the CPU, 1x1
-  convolutions as matmuls and 3x3 convolutions by Winograd F(4x4, 3x3) where
-  ``cpu_kernels.winograd_pays`` (enough multiply-adds and output tiles per
-  call), the fastest form there forward and backward; elsewhere, for training XLA's
+  convolutions as matmuls (``cpu_kernels.conv1x1_cpu``) and 3x3 convolutions
+  by Winograd F(4x4, 3x3) where ``cpu_kernels.winograd_pays`` (enough
+  multiply-adds and output tiles per call), the fastest form there forward
+  and backward; elsewhere, for training XLA's
   convolution with GEMM kernel gradients (the convolution's own kernel
   gradient is several times slower inside the mask loss's bucket switch),
   for inference XLA's convolution. ``'conv'``: XLA's convolutions everywhere.
@@ -54,7 +55,7 @@ def conv_forms(conv_impl: str, training: bool, backend: Optional[str] = None) ->
   if conv_impl == 'conv' or (conv_impl == 'auto' and backend != 'cpu'):
     return ConvForms(layers.Conv1x1, layers.Conv3x3)
   conv3x3 = cpu_kernels.conv3x3_cpu_training if training else cpu_kernels.conv3x3_cpu_inference
-  return ConvForms(functools.partial(layers.Conv1x1, compute=layers.conv1x1_matmul),
+  return ConvForms(functools.partial(layers.Conv1x1, compute=cpu_kernels.conv1x1_cpu),
                    functools.partial(layers.Conv3x3, compute=conv3x3))
 
 

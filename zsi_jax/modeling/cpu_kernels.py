@@ -8,7 +8,10 @@ the same size. Two forms fix that (docs/PERFORMANCE.md has the measurements):
   with a quarter of the direct multiply-adds, forward and backward.
 - :func:`conv3x3_im2col_grad`: XLA's convolution forward and for the input
   gradient, nine GEMMs for the kernel gradient; for convolutions too small
-  for Winograd to repay its compile time.
+  for Winograd to pay.
+
+1x1 convolutions are matmuls over channels (:func:`conv1x1_cpu`), their
+kernel gradient one GEMM over every position.
 
 ``modeling/build.py`` chooses between them (:func:`conv3x3_cpu_training`,
 :func:`conv3x3_cpu_inference`) and hands the choice to the layers; every form
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zsi_jax.modeling.layers import conv3x3_direct
+from zsi_jax.modeling.layers import conv1x1_matmul, conv3x3_direct
 
 # Winograd from this many direct multiply-adds per call (N*H*W*9*C*O) up. Below
 # it Winograd saves well under a millisecond per call, while each such layer
@@ -33,6 +36,37 @@ WINOGRAD_MIN_MACS = 10**8
 # tiles, and with fewer the direct form is faster (docs/PERFORMANCE.md). In
 # the R50-FPN at 512x512, batch 2, that leaves C5's and P5's convolutions to it.
 WINOGRAD_MIN_TILES = 64
+
+
+@jax.custom_vjp
+def _channel_matmul(x, kernel):
+  """x [..., C] @ kernel [C, O] -> [..., O]; its kernel gradient is one 2-D GEMM
+  over every position. From JAX's own gradient, XLA:CPU writes the output
+  gradient transposed first (4x the input's size after a bottleneck's
+  expansion); from this one it transposes only the [C, O] result."""
+  return x @ kernel
+
+
+def _channel_matmul_fwd(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _channel_matmul_bwd(res, g):
+  x, kernel = res
+  rows = lambda a: a.reshape(-1, a.shape[-1])
+  dk = jax.lax.dot_general(rows(x), rows(g), (((0,), (0,)), ((), ())))
+  return g @ kernel.T, dk.astype(kernel.dtype)
+
+
+_channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
+
+
+def conv1x1_cpu(x, kernel, stride: int):
+  """``layers.conv1x1_matmul`` with :func:`_channel_matmul`'s kernel gradient.
+
+  x: [N, H, W, C], kernel: [C, O] -> [N, ceil(H/stride), ceil(W/stride), O].
+  """
+  return conv1x1_matmul(x, kernel, stride, matmul=_channel_matmul)
 
 
 @jax.custom_vjp

@@ -31,11 +31,11 @@ def conv1x1_direct(x, kernel, stride: int):
                                       'VALID', dimension_numbers=_DN)
 
 
-def conv1x1_matmul(x, kernel, stride: int):
-  """``conv1x1_direct`` as a matmul over channels (after subsampling for a stride)."""
+def conv1x1_matmul(x, kernel, stride: int, matmul=jnp.matmul):
+  """``conv1x1_direct`` as ``matmul(x, kernel)`` over channels (after subsampling for a stride)."""
   if stride > 1:
     x = x[:, ::stride, ::stride]
-  return x @ kernel
+  return matmul(x, kernel)
 
 
 class Conv3x3(nn.Module):
