@@ -1,6 +1,7 @@
 """The builder: the config becomes explicit module fields, and the convolution
 forms are chosen once per backend and per training or inference."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,9 +21,11 @@ def test_conv_forms_per_backend(training):
     forms = conv_forms('auto', training, backend)
     assert _compute(forms.conv3x3) is layers.conv3x3_direct
     assert _compute(forms.conv1x1) is layers.conv1x1_direct
+    assert forms.matmul is jnp.matmul
   cpu_form = cpu_kernels.conv3x3_cpu_training if training else cpu_kernels.conv3x3_cpu_inference
   cpu = conv_forms('auto', training, 'cpu')
   assert _compute(cpu.conv1x1) is cpu_kernels.conv1x1_cpu
+  assert cpu.matmul is cpu_kernels.channel_matmul
   assert _compute(cpu.conv3x3) is cpu_form
   plain = conv_forms('conv', training, 'cpu')
   assert _compute(plain.conv3x3) is layers.conv3x3_direct

@@ -99,3 +99,19 @@ def test_cpu_forms_pick_winograd_for_large_convolutions():
   wino = jax.jit(cpu_kernels.conv3x3_winograd)(big, k_big)
   for form in (cpu_kernels.conv3x3_cpu_training, cpu_kernels.conv3x3_cpu_inference):
     np.testing.assert_array_equal(jax.jit(form)(big, k_big), wino)
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 6, 7), (3, 40)], ids=['rows > channels', 'rows < channels'])
+def test_channel_matmul_values_and_gradients_match_float64(shape):
+  # Both of channel_matmul's gradients (its own where the rows outnumber the
+  # channels, JAX's otherwise) against the float64 products.
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=shape)
+  k = rng.normal(size=(shape[-1], 9))
+  g = rng.normal(size=shape[:-1] + (9,))
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  y, vjp = jax.vjp(cpu_kernels.channel_matmul, f32(x), f32(k))
+  dx, dk = vjp(f32(g))
+  np.testing.assert_allclose(y, x @ k, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx, g @ k.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, x.reshape(-1, shape[-1]).T @ g.reshape(-1, 9), rtol=1e-5, atol=1e-4)

@@ -94,8 +94,10 @@ def test_linear_is_nn_dense_and_folds_then():
                              jnp.einsum('nhwd,ndk->nhwk', y, per_row), rtol=1e-4, atol=1e-5)
 
 
-def test_deconv2x_is_the_stride2_transposed_convolution():
+@pytest.mark.parametrize('matmul', [jnp.matmul, cpu_kernels.channel_matmul],
+                         ids=['plain', 'cpu'])
+def test_deconv2x_is_the_stride2_transposed_convolution(matmul):
   x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, 6, 7)), jnp.float32)
   ref = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
   v = _perturbed(ref.init(jax.random.PRNGKey(0), x))
-  _assert_same_function(Deconv2x(4), ref, v, x, 1e-5, 1e-4)
+  _assert_same_function(Deconv2x(4, matmul=matmul), ref, v, x, 1e-5, 1e-4)

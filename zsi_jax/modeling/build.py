@@ -31,22 +31,25 @@ CONV_IMPLS = ('auto', 'conv', 'winograd')
 
 @dataclasses.dataclass(frozen=True)
 class ConvForms:
-  """The convolution layers every module of one model is built with."""
+  """The convolution layers every module of one model is built with, and the
+  matmul over channels of the mask head's deconvolution and folded coder."""
   conv1x1: Any
   conv3x3: Any
+  matmul: Any = jnp.matmul
 
 
 def conv_forms(conv_impl: str, training: bool, backend: Optional[str] = None) -> ConvForms:
   """How the model's convolutions are computed (docs/PERFORMANCE.md has the measurements).
 
   ``'auto'``: XLA's convolutions on GPUs and TPUs. On the CPU, 1x1
-  convolutions as matmuls (``cpu_kernels.conv1x1_cpu``) and 3x3 convolutions
-  by Winograd F(4x4, 3x3) where ``cpu_kernels.winograd_pays`` (enough
-  multiply-adds and output tiles per call), the fastest form there forward
-  and backward; elsewhere, for training XLA's
-  convolution with GEMM kernel gradients (the convolution's own kernel
-  gradient is several times slower inside the mask loss's bucket switch),
-  for inference XLA's convolution. ``'conv'``: XLA's convolutions everywhere.
+  convolutions and the other matmuls over channels by
+  ``cpu_kernels.channel_matmul`` (a cheaper kernel gradient), and 3x3
+  convolutions by Winograd F(4x4, 3x3) where ``cpu_kernels.winograd_pays``
+  (enough multiply-adds and output tiles per call), the fastest form there
+  forward and backward; elsewhere, for training XLA's convolution with GEMM
+  kernel gradients (the convolution's own kernel gradient is several times
+  slower inside the mask loss's bucket switch), for inference XLA's
+  convolution. ``'conv'``: XLA's convolutions everywhere.
   ``'winograd'``: the CPU forms on any backend.
   """
   if conv_impl not in CONV_IMPLS:
@@ -56,7 +59,7 @@ def conv_forms(conv_impl: str, training: bool, backend: Optional[str] = None) ->
     return ConvForms(layers.Conv1x1, layers.Conv3x3)
   conv3x3 = cpu_kernels.conv3x3_cpu_training if training else cpu_kernels.conv3x3_cpu_inference
   return ConvForms(functools.partial(layers.Conv1x1, compute=cpu_kernels.conv1x1_cpu),
-                   functools.partial(layers.Conv3x3, compute=conv3x3))
+                   functools.partial(layers.Conv3x3, compute=conv3x3), cpu_kernels.channel_matmul)
 
 
 def build_model(model: ml_collections.ConfigDict, background: Sequence[float],
@@ -109,7 +112,7 @@ def build_model(model: ml_collections.ConfigDict, background: Sequence[float],
           sampling_ratio=model.roi_align_sampling_ratio, recon_weight=mask.recon_weight,
           slot_buckets=buckets.slot_buckets(mask.max_rois_per_image, mask.roi_buckets),
           loss_piece_slots=mask.loss_piece_slots, roi_align_form=model.roi_align_form,
-          conv3x3=convs.conv3x3, dtype=dtype),
+          conv3x3=convs.conv3x3, matmul=convs.matmul, dtype=dtype),
       sync_bg=SyncBg(det=model.sync_bg.det, mask=model.sync_bg.mask,
                      gradients=model.sync_bg.gradients),
       vocabulary_size=box.vocabulary_size)

@@ -10,8 +10,9 @@ the same size. Two forms fix that (docs/PERFORMANCE.md has the measurements):
   gradient, nine GEMMs for the kernel gradient; for convolutions too small
   for Winograd to pay.
 
-1x1 convolutions are matmuls over channels (:func:`conv1x1_cpu`), their
-kernel gradient one GEMM over every position.
+Matmuls over channels (1x1 convolutions, the mask head's deconvolution and
+folded coder) go through :func:`channel_matmul`, whose kernel gradient is one
+GEMM over every position.
 
 ``modeling/build.py`` chooses between them (:func:`conv3x3_cpu_training`,
 :func:`conv3x3_cpu_inference`) and hands the choice to the layers; every form
@@ -39,34 +40,46 @@ WINOGRAD_MIN_TILES = 64
 
 
 @jax.custom_vjp
-def _channel_matmul(x, kernel):
-  """x [..., C] @ kernel [C, O] -> [..., O]; its kernel gradient is one 2-D GEMM
-  over every position. From JAX's own gradient, XLA:CPU writes the output
-  gradient transposed first (4x the input's size after a bottleneck's
-  expansion); from this one it transposes only the [C, O] result."""
+def _matmul_rows_grad(x, kernel):
+  """x [..., C] @ kernel [C, O] -> [..., O] whose kernel gradient is one 2-D
+  GEMM over the rows of x: XLA:CPU then transposes its [C, O] result, where from
+  JAX's own gradient it writes the [rows, O] output gradient transposed."""
   return x @ kernel
 
 
-def _channel_matmul_fwd(x, kernel):
+def _matmul_rows_grad_fwd(x, kernel):
   return x @ kernel, (x, kernel)
 
 
-def _channel_matmul_bwd(res, g):
+def _matmul_rows_grad_bwd(res, g):
   x, kernel = res
   rows = lambda a: a.reshape(-1, a.shape[-1])
   dk = jax.lax.dot_general(rows(x), rows(g), (((0,), (0,)), ((), ())))
   return g @ kernel.T, dk.astype(kernel.dtype)
 
 
-_channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
+_matmul_rows_grad.defvjp(_matmul_rows_grad_fwd, _matmul_rows_grad_bwd)
+
+
+def channel_matmul(x, kernel):
+  """``x @ kernel`` over channels for XLA:CPU: x [..., C], kernel [C, O] -> [..., O].
+
+  Where x has more rows than channels (every convolution-like use), the kernel
+  gradient of :func:`_matmul_rows_grad`: transposing the [C, O] result is then
+  cheaper than transposing the [rows, O] output gradient. Otherwise (a fully
+  connected layer on few RoIs) JAX's own.
+  """
+  if x.size // x.shape[-1] > x.shape[-1]:
+    return _matmul_rows_grad(x, kernel)
+  return x @ kernel
 
 
 def conv1x1_cpu(x, kernel, stride: int):
-  """``layers.conv1x1_matmul`` with :func:`_channel_matmul`'s kernel gradient.
+  """``layers.conv1x1_matmul`` by :func:`channel_matmul`.
 
   x: [N, H, W, C], kernel: [C, O] -> [N, ceil(H/stride), ceil(W/stride), O].
   """
-  return conv1x1_matmul(x, kernel, stride, matmul=_channel_matmul)
+  return conv1x1_matmul(x, kernel, stride, matmul=channel_matmul)
 
 
 @jax.custom_vjp

@@ -166,9 +166,11 @@ class Deconv2x(nn.Module):
 
   Attributes:
     features: output channels O.
+    matmul: ``(x [..., C], kernel [C, 4 O]) -> [..., 4 O]``.
   """
   features: int
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  matmul: Callable[..., Any] = jnp.matmul
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -179,6 +181,7 @@ class Deconv2x(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     # nn.ConvTranspose (transpose_kernel=False) correlates the stride-dilated
     # input with the kernel, so output offset (a, b) of a patch uses kernel[1-a, 1-b].
-    y = jnp.einsum('nhwc,abco->nhawbo', x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype))
-    y = y.reshape(n, 2 * h, 2 * w, self.features)
-    return y + bias.astype(self.dtype)
+    patch_kernel = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c, 4 * self.features)
+    y = self.matmul(x.astype(self.dtype), patch_kernel.astype(self.dtype))   # [N, H, W, (a, b, O)]
+    y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)

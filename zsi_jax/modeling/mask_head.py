@@ -13,7 +13,7 @@ vector folds into the encoder and the [N, 28, 28, D] map is never built.
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -49,6 +49,8 @@ class SemanticMaskHead(nn.Module):
     loss_piece_slots: a bucket's loss runs in pieces of at most this many slots
       per image, one after another (its peak memory is a piece's); 0: whole.
     conv3x3: the 3x3 convolution layer.
+    matmul: ``(x [..., C], kernel [C, O]) -> [..., O]``, the deconvolution's and
+      the folded coder's matmul over channels.
     dtype: computation dtype.
   """
   semantic_dim: int
@@ -63,6 +65,7 @@ class SemanticMaskHead(nn.Module):
   loss_piece_slots: int = 0
   roi_align_form: str = 'gather'
   conv3x3: ModuleDef = Conv3x3
+  matmul: Callable[..., Any] = jnp.matmul
   dtype: Any = jnp.float32
 
   @property
@@ -96,7 +99,7 @@ class SemanticMaskHead(nn.Module):
     k_e, b_e = enc.affine()
     k_d, b_d = Linear(c, self.semantic_dim, dtype=self.dtype, name='D').affine()
     folded = (k_e @ k_d - jnp.eye(c, dtype=k_e.dtype)).astype(self.dtype)
-    return logits, (x @ folded + (b_e @ k_d + b_d).astype(self.dtype)).astype(jnp.float32)
+    return logits, (self.matmul(x, folded) + (b_e @ k_d + b_d).astype(self.dtype)).astype(jnp.float32)
 
   @nn.compact
   def __call__(self, roi_features, roi_vectors=None, residual: bool = False) -> Dict[str, Any]:
@@ -120,7 +123,8 @@ class SemanticMaskHead(nn.Module):
     for i in range(self.num_convs):
       x = nn.relu(self.conv3x3(self.channels, kernel_init=init, dtype=self.dtype,
                                name=f'conv{i + 1}')(x))
-    x = nn.relu(Deconv2x(self.channels, kernel_init=init, dtype=self.dtype, name='deconv')(x))
+    x = nn.relu(Deconv2x(self.channels, kernel_init=init, matmul=self.matmul, dtype=self.dtype,
+                         name='deconv')(x))
     if roi_vectors is None:
       e = self._coder(x, self.semantic_dim, 'E')
       reconstruction = None
