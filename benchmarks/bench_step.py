@@ -44,10 +44,12 @@ Usage:
       [--dtype float32|bfloat16] [--sides jax,torch] [--json out.json]
       [--roi_buckets 1] [--fixed_sampling] [--train_only] [--profile DIR]
       [--set model.conv_impl=conv ...] [--xla_memory] [--reuse_freed_memory]
-  --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 1 --set
-  model.mask_head.loss_piece_slots=0 makes the zsi_jax mask head run on all
-  128 slots per image (its worst case; with pieces it runs only those holding
-  positives, reported as mask-head RoIs per image); --set
+  --size takes 512 (square) or HxW, e.g. 800x1344; --roi_buckets 2 --set
+  model.mask_head.skip_empty_pieces=False makes the zsi_jax mask head run on
+  64 slots per image in every step (4 pieces of 16), at least torchvision's
+  positives: equal work (by default only the pieces holding positives run,
+  reported as mask-head RoIs per image); --roi_buckets 1 the same on all 128
+  slots per image, its worst case; --set
   overrides a field of the zsi_jax config (for A/B runs); --xla_memory only
   compiles the zsi_jax side and prints XLA's buffer sizes (the arena of
   intermediate values is what the model code decides; RSS adds the runtime).

@@ -50,7 +50,11 @@ def model_config() -> ml_collections.ConfigDict:
                      # piece's (the same loss); 0: the whole bucket at once.
                      # 16 and 32 run equally fast at equal work, 16 in less
                      # memory (benchmarks/bench_mask_loss.py).
-                     loss_piece_slots=16)
+                     loss_piece_slots=16,
+                     # True: pieces beyond the most positives of any image are
+                     # not run; False: every piece of the bucket runs (a fixed
+                     # mask-head cost per step, for benchmarks at equal work).
+                     skip_empty_pieces=True)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

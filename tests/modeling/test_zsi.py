@@ -181,13 +181,14 @@ def test_mask_roi_buckets_and_pieces_leave_losses_and_gradients_unchanged(setup)
   rest = {k: v for k, v in variables.items() if k != 'params'}
   batch = make_batch(np.random.default_rng(5), n_real=(1, 1))
   out = {}
-  # (buckets, piece slots): (16,) slots whole; (8, 16) whole; (8, 16) in pieces of 3
-  # (3 pieces of 3 for 8 slots, the last partly beyond the bucket).
-  for setting in ((1, 0), (2, 0), (2, 3)):
+  # (buckets, piece slots, skip empty pieces): (16,) slots whole; (8, 16)
+  # whole; (8, 16) in pieces of 3 (3 pieces of 3 for 8 slots, the last partly
+  # beyond the bucket), those holding positives or all three.
+  for setting in ((1, 0, True), (2, 0, True), (2, 3, True), (2, 3, False)):
     c = cfg.copy_and_resolve_references()
     c.roi_sampling.num_samples = 64
     c.mask_head.max_rois_per_image = 16
-    c.mask_head.roi_buckets, c.mask_head.loss_piece_slots = setting
+    c.mask_head.roi_buckets, c.mask_head.loss_piece_slots, c.mask_head.skip_empty_pieces = setting
     model = tiny_model(c, vecs)
 
     def loss(p):
@@ -198,12 +199,12 @@ def test_mask_roi_buckets_and_pieces_leave_losses_and_gradients_unchanged(setup)
 
     (_, (terms, aux)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     out[setting] = terms, aux, grads
-  t1, a1, g1 = out[(1, 0)]
+  t1, a1, g1 = out[(1, 0, True)]
   positives = int(a1['num_mask_rois'])
   assert 3 < positives <= 8, positives              # so the bucket below the cap (16) runs
   # The mask head gets gradients (so the comparison below covers them).
   assert float(jnp.abs(g1['mask_head']['conv1']['kernel']).sum()) > 0
-  for setting in ((2, 0), (2, 3)):
+  for setting in ((2, 0, True), (2, 3, True), (2, 3, False)):
     t2, a2, g2 = out[setting]
     assert int(a2['mask_bucket']) == 0 and int(a2['num_mask_rois']) == positives
     # The slots run: the 8-slot bucket whole, or the 3-slot pieces holding the
@@ -211,6 +212,8 @@ def test_mask_roi_buckets_and_pieces_leave_losses_and_gradients_unchanged(setup)
     slots = int(a2['mask_slots'])
     if setting[1] == 0:
       assert slots == 8
+    elif not setting[2]:
+      assert slots == 9
     else:
       most_low, most_high = -(-positives // 2), positives
       assert slots % 3 == 0 and 3 * -(-most_low // 3) <= slots <= 3 * -(-most_high // 3), slots

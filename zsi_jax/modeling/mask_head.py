@@ -48,6 +48,8 @@ class SemanticMaskHead(nn.Module):
       (``buckets.slot_buckets``); the largest is the cap.
     loss_piece_slots: a bucket's loss runs in pieces of at most this many slots
       per image, one after another (its peak memory is a piece's); 0: whole.
+    skip_empty_pieces: run only the pieces up to the most positives of an
+      image (else every piece of the bucket: a fixed cost per step).
     conv3x3: the 3x3 convolution layer.
     matmul: ``(x [..., C], kernel [C, O]) -> [..., O]``, the deconvolution's and
       the folded coder's matmul over channels.
@@ -63,6 +65,7 @@ class SemanticMaskHead(nn.Module):
   recon_weight: float
   slot_buckets: Tuple[int, ...]
   loss_piece_slots: int = 0
+  skip_empty_pieces: bool = True
   roi_align_form: str = 'gather'
   conv3x3: ModuleDef = Conv3x3
   matmul: Callable[..., Any] = jnp.matmul
@@ -161,7 +164,7 @@ class SemanticMaskHead(nn.Module):
 
     The loss runs in the smallest slot bucket that holds every image's
     positives, in pieces of at most ``loss_piece_slots`` slots per image, one
-    piece at a time and only those holding positives, with its gradients
+    piece at a time and (``skip_empty_pieces``) only those holding positives, with its gradients
     computed inside each piece
     (``buckets.switch_with_gradients``). So the returned loss carries the
     gradient of both terms, and the two terms are reported values.
@@ -187,9 +190,10 @@ class SemanticMaskHead(nn.Module):
     pieces = [buckets.pieces(n, self.loss_piece_slots) for n in self.slot_buckets]
     branches = [functools.partial(SemanticMaskHead._loss_in_slots, slots=n, piece_size=size)
                 for n, (_, size) in zip(self.slot_buckets, pieces)]
-    # Pieces beyond the most positives of an image hold none: they are not run.
+    # Pieces beyond the most positives of an image hold none: they need not run.
     most = jnp.max(jnp.sum(pos, axis=1))
-    active = [jnp.clip((most + size - 1) // size, 1, count) for count, size in pieces]
+    active = [jnp.clip((most + size - 1) // size, 1, count) if self.skip_empty_pieces
+              else jnp.asarray(count) for count, size in pieces]
     loss, (bce, recon, count) = buckets.switch_with_gradients(
         self, bucket, branches, diff, rest, pieces=[count for count, _ in pieces],
         active_pieces=active)
