@@ -515,7 +515,8 @@ def main():
                  help='torch intra-op threads (XLA uses one per core)')
   p.add_argument('--roi_buckets', type=int, default=0,
                  help='zsi_jax mask-RoI slot buckets (0: the config\'s; 1: one bucket '
-                      'of 128 slots per image, run whole with loss_piece_slots=0)')
+                      'of 128 slots per image; every piece of it runs with --set '
+                      'model.mask_head.skip_empty_pieces=False)')
   p.add_argument('--fixed_sampling', action='store_true',
                  help='zsi_jax: time the same step from the same state each time (same '
                       'sampling and mask bucket), for A/B comparisons')
