@@ -32,8 +32,10 @@ def test_overfit_two_images(tmp_path):
   # lr 0.02 (the shapes config's) is too high for heads this narrow: the
   # reconstruction losses then collapse the box-head features to a constant
   # and classification stalls at the label entropy (README, "Reconstruction
-  # collapse"). 0.01 and 32 mask channels fit.
-  c.optim.update(learning_rate=0.01, warmup_steps=20, decay_epochs=(1.0,))
+  # collapse"). At 0.01 the box losses oscillate and whether 600 steps fit
+  # depends on the CPU's rounding; 0.007 and 32 mask channels fit with a 2x
+  # margin under each convolution form tried (final loss 0.27-0.33).
+  c.optim.update(learning_rate=0.007, warmup_steps=20, decay_epochs=(1.0,))
   c.model.mask_head.channels = 32
   c.model.test.score_threshold = 0.3
   model = build_model(c.model, info.background, len(info.seen), training=True)
