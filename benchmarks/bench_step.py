@@ -32,6 +32,11 @@ Both sides run with glibc's allocator defaults, as train.py does: each maps
 and zeroes its large buffers anew at every step. ``--reuse_freed_memory``
 gives both ``host.reuse_freed_memory`` instead (freed memory kept for the
 next step; docs/PERFORMANCE.md has what it gains here and costs elsewhere).
+The environment reaches both sides' subprocesses: with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` glibc asks for transparent huge
+pages on the memory it maps (Linux with THP in 'madvise' or 'always' mode),
+and a step's buffers fault in 2 MiB at a time; the setting is recorded
+(``glibc_tunables`` in --json).
 
 Each side runs --repeats times, alternating (zsi_jax, torchvision, zsi_jax,
 ...), each time in a fresh subprocess: the report gives every number's median
@@ -568,9 +573,12 @@ def main():
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
                               reuse_freed_memory=args.reuse_freed_memory,
+                              glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
                               repeats=args.repeats, host=machine, code=code_version(),
                               runs=runs, results=results)) + '\n')
-  print(f"host: {host.short_name(machine)}, {machine['cores']} cores")
+  tunables = os.environ.get('GLIBC_TUNABLES')
+  print(f"host: {host.short_name(machine)}, {machine['cores']} cores"
+        + (f', GLIBC_TUNABLES={tunables} (both sides)' if tunables else ''))
   print(f'median of {args.repeats} alternating repetitions (min-max):')
   print(report(results, args, runs))
 
