@@ -567,16 +567,16 @@ def main():
     print(f'repetition {i + 1}/{args.repeats}:\n{report(runs[-1], args)}\n', flush=True)
   results = [summarise([r[k] for r in runs]) for k in range(len(sides))]
   machine = host.describe()
+  tunables = os.environ.get('GLIBC_TUNABLES', '')    # inherited by both sides
   if args.json:
     with open(args.json, 'a') as f:
       f.write(json.dumps(dict(size=args.size, batch=args.batch, dtype=args.dtype,
                               threads=args.threads, roi_buckets=args.roi_buckets,
                               fixed_sampling=args.fixed_sampling, set=args.set,
                               reuse_freed_memory=args.reuse_freed_memory,
-                              glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
+                              glibc_tunables=tunables,
                               repeats=args.repeats, host=machine, code=code_version(),
                               runs=runs, results=results)) + '\n')
-  tunables = os.environ.get('GLIBC_TUNABLES')
   print(f"host: {host.short_name(machine)}, {machine['cores']} cores"
         + (f', GLIBC_TUNABLES={tunables} (both sides)' if tunables else ''))
   print(f'median of {args.repeats} alternating repetitions (min-max):')
