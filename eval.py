@@ -1,17 +1,17 @@
 """Evaluates a trained ZSI model with the paper's protocol.
 
 python eval.py --workdir runs/shapes [--split zsi|gzsi|seen] [--checkpoint STEP] [--scoring direct|projected]
-    [--calibration GAMMA] [--calibration_sweep N]
+    [--calibration GAMMA] [--calibration_sweep N] [--distributed ...]
 Writes workdir/eval/{split}_results.json (COCO results, RLE masks) and
 {split}_metrics.json, and prints the table. --calibration_sweep N evaluates
 GZSI at N seen-score calibrations gamma in [-1, 1] (the model runs once per
-image) and writes workdir/eval/gzsi_calibration.json and .png.
+image) and writes workdir/eval/gzsi_calibration.json and .png. With
+--distributed (the same flags as train.py, the same command on every host)
+each process detects its share of the images and process 0 scores them.
 """
-import os
-
 from absl import app, flags
 
-from zsi_jax import cli
+from zsi_jax import cli, storage
 from zsi_jax.evaluation.runner import SETTINGS, ScoringError, calibration_sweep, evaluate
 
 flags.DEFINE_string('workdir', None, 'training workdir (holds config.json and checkpoints/)')
@@ -24,6 +24,9 @@ flags.DEFINE_float('calibration', None, 'GZSI: lower seen-class scores by this g
                    '(calibrated stacking; default: config model.test.seen_calibration)')
 flags.DEFINE_integer('calibration_sweep', 0, 'GZSI: evaluate N values of gamma in [-1, 1] and '
                      'write the seen-unseen curve (with --split gzsi)')
+flags.DEFINE_integer('batch_per_device', 0, 'images per device and step (default: the '
+                     "training's share, config data.batch_size over the devices)")
+cli.define_distributed_flags()
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -36,14 +39,19 @@ def main(_):
     raise ValueError(f'--calibration={FLAGS.calibration}: must be in [-1, 1]')
   if FLAGS.calibration_sweep and FLAGS.split != ['gzsi']:
     raise ValueError('--calibration_sweep is a GZSI measurement: use it with --split gzsi')
-  cli.setup_logging(os.path.join(FLAGS.workdir, 'eval', 'eval.log'))
+  cli.setup_logging()
+  cli.initialize_distributed()
+  import jax
+  if jax.process_index() == 0:
+    storage.check_writable(storage.join(FLAGS.workdir, 'eval'), 'evaluation folder')
+    cli.log_to_file(storage.join(FLAGS.workdir, 'eval', 'eval.log'))
   if FLAGS.calibration_sweep:
     calibration_sweep(FLAGS.workdir, FLAGS.calibration_sweep, FLAGS.checkpoint, FLAGS.scoring,
-                      FLAGS.data_root, FLAGS.vectors)
+                      FLAGS.data_root, FLAGS.vectors, batch_per_device=FLAGS.batch_per_device)
     return
   for s in FLAGS.split:
     evaluate(FLAGS.workdir, s, FLAGS.checkpoint, FLAGS.scoring, FLAGS.data_root, FLAGS.vectors,
-             FLAGS.calibration)
+             FLAGS.calibration, batch_per_device=FLAGS.batch_per_device)
 
 
 if __name__ == '__main__':

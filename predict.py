@@ -11,15 +11,16 @@ dataset's word-vector file or --word_vectors.
 Writes OUT/<image>.png, OUT/results.json (COCO results: bbox, score, RLE
 segmentation in original pixels), OUT/categories.json, OUT/images.json and
 OUT/predict.log. Images that cannot be read are skipped and listed at the end
-(exit status 1); the results of every other image are written.
+(exit status 1); the results of every other image are written. The workdir,
+--input and --out may be bucket URLs (gs://...).
 """
-import json
 import os
 import sys
 
 from absl import app, flags
 
-from zsi_jax import cli
+from zsi_jax import cli, storage
+from zsi_jax.jsonio import read_json, write_json
 
 flags.DEFINE_string('workdir', None, 'training workdir (config.json + checkpoints/)')
 flags.DEFINE_string('input', '', 'an image file or a folder of images')
@@ -50,13 +51,12 @@ def list_images(predictor):
   """[(image_id, path)] from --input or --dataset_split."""
   if FLAGS.dataset_split:
     info = predictor.info
-    with open(info.annotation_file(FLAGS.dataset_split)) as f:
-      images = json.load(f)['images']
+    images = read_json(info.annotation_file(FLAGS.dataset_split), 'annotation file')['images']
     folder = info.image_dir(FLAGS.dataset_split)
-    items = [(im['id'], os.path.join(folder, im['file_name'])) for im in images]
-  elif os.path.isdir(FLAGS.input):
-    files = sorted(f for f in os.listdir(FLAGS.input) if f.lower().endswith(IMAGE_EXTENSIONS))
-    items = [(k + 1, os.path.join(FLAGS.input, f)) for k, f in enumerate(files)]
+    items = [(im['id'], storage.join(folder, im['file_name'])) for im in images]
+  elif storage.isdir(FLAGS.input):
+    files = [f for f in storage.listdir(FLAGS.input) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    items = [(k + 1, storage.join(FLAGS.input, f)) for k, f in enumerate(files)]
   elif FLAGS.input:
     items = [(1, FLAGS.input)]
   else:
@@ -81,8 +81,10 @@ def main(_):
   from zsi_jax import visualize
   from zsi_jax.inference import Predictor, load_image
 
-  out_dir = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions')
-  cli.setup_logging(os.path.join(out_dir, 'predict.log'))
+  out_dir = FLAGS.out or storage.join(FLAGS.workdir, 'predictions')
+  cli.setup_logging()
+  storage.check_writable(out_dir, 'output folder')
+  cli.log_to_file(storage.join(out_dir, 'predict.log'))
   predictor = Predictor.from_checkpoint(FLAGS.workdir, FLAGS.checkpoint,
                                         data_root=FLAGS.data_root, vectors=FLAGS.vectors,
                                         word_vectors=FLAGS.word_vectors or None,
@@ -97,8 +99,6 @@ def main(_):
       cat_id[n] = int(info.category_ids[n])
     else:
       cat_id[n], next_id = next_id, next_id + 1
-  os.makedirs(out_dir, exist_ok=True)
-
   results, images, pictures, captions, skipped = [], [], [], [], []
   unseen = set(info.unseen) | {n for n in classes if n not in info.names}
   for image_id, path in tqdm(list_images(predictor), desc='predict'):
@@ -122,20 +122,18 @@ def main(_):
                           bbox=[x1, y1, x2 - x1, y2 - y1], score=float(pred['scores'][i]),
                           segmentation=rle))
     pic = visualize.draw_predictions(img, pred, unseen=unseen, scale=FLAGS.picture_scale)
-    name = os.path.splitext(os.path.basename(path))[0]
-    pic.save(os.path.join(out_dir, f'{name}.png'))
+    name = os.path.splitext(storage.basename(path))[0]
+    storage.write_bytes(storage.join(out_dir, f'{name}.png'), visualize.png_bytes(pic))
     pictures.append(pic)
     captions.append(name)
 
-  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f)
-  with open(os.path.join(out_dir, 'categories.json'), 'w') as f:
-    json.dump([dict(id=cat_id[n], name=n, unseen=n in unseen) for n in classes], f, indent=1)
-  with open(os.path.join(out_dir, 'images.json'), 'w') as f:
-    json.dump(images, f, indent=1)
+  write_json(storage.join(out_dir, 'results.json'), results)
+  write_json(storage.join(out_dir, 'categories.json'),
+             [dict(id=cat_id[n], name=n, unseen=n in unseen) for n in classes], indent=1)
+  write_json(storage.join(out_dir, 'images.json'), images, indent=1)
   if FLAGS.grid and pictures:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.grid)), exist_ok=True)
-    visualize.grid(pictures, columns=min(4, len(pictures)), captions=captions).save(FLAGS.grid)
+    grid = visualize.grid(pictures, columns=min(4, len(pictures)), captions=captions)
+    storage.write_bytes(FLAGS.grid, visualize.png_bytes(grid))
   print(f'{len(results)} detections on {len(images)} images -> {out_dir}'
         + (f'; grid: {FLAGS.grid}' if FLAGS.grid and pictures else ''))
   if skipped:

@@ -1,44 +1,39 @@
 """Trains a ZSI model.
 
 python train.py --config configs/shapes.py --workdir runs/shapes [--config.key=value ...]
-Resumes from the newest good checkpoint in --workdir if there is one. The full
-log goes to WORKDIR/train.log; mistakes in the input are one line on the
-console (ZSI_TRACEBACK=1 shows the traceback).
+Resumes from the newest good checkpoint in --workdir if there is one. The
+workdir may be a bucket URL (gs://BUCKET/run). The full log goes to
+WORKDIR/train.log; mistakes in the input are one line on the console
+(ZSI_TRACEBACK=1 shows the traceback). On SIGTERM or SIGINT (preemption) the
+run saves a checkpoint of the step in flight and exits with 128 + the
+signal's number; the same command resumes it.
 """
 import logging
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from zsi_jax import cli, config_check
+from zsi_jax import cli, config_check, storage
 from zsi_jax.data import datasets
 from zsi_jax.training import loop
 
 logger = logging.getLogger('zsi_jax.train')
 
 config_flags.DEFINE_config_file('config', None, 'experiment config file', lock_config=True)
-flags.DEFINE_string('workdir', None, 'where checkpoints and logs go')
-flags.DEFINE_bool('distributed', False, 'call jax.distributed.initialize() (multi-host); on '
-                  'TPU pods and SLURM/Open MPI GPU clusters it needs no other flag')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (other clusters)')
-flags.DEFINE_integer('num_processes', None, 'number of processes (other clusters)')
-flags.DEFINE_integer('process_id', None, 'this process (other clusters)')
+flags.DEFINE_string('workdir', None, 'where checkpoints and logs go (a folder or gs://...)')
+cli.define_distributed_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
 def main(_):
   cli.setup_logging()
+  cli.initialize_distributed()
   import jax
-  if FLAGS.distributed:
-    if jax.config.jax_platforms == 'cpu':
-      # CPU collectives across processes (tests, debugging) go through gloo.
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  # A misspelt bucket, missing credentials or a read-only path: one line, now.
+  storage.check_writable(FLAGS.workdir, 'workdir')
   if jax.process_index() == 0:
-    cli.log_to_file(os.path.join(FLAGS.workdir, 'train.log'))
+    cli.log_to_file(storage.join(FLAGS.workdir, 'train.log'))
   run(FLAGS.config, FLAGS.workdir)
 
 
@@ -56,26 +51,22 @@ def run(config, workdir, hooks=()):
 
 def make_eval_fn(config, info):
   """Periodic evaluation: seen classes on the first ``eval_images`` held-out images
-  (the 'val' split), scored with the paper's protocol; logged as eval/* scalars."""
-  import os
-
-  import jax
-
+  (the 'val' split), scored with the paper's protocol; logged as eval/* scalars.
+  Every process takes part (each detects its share); process 0 scores."""
   from zsi_jax.evaluation import runner
   ann = info.annotation_file(runner.SETTINGS['seen'])
-  if not os.path.exists(ann):  # fail now, not hours into training
+  if not storage.exists(ann):  # fail now, not hours into training
     raise FileNotFoundError(f'config.eval_every > 0 needs a held-out split of seen classes: '
                             f'{ann} not found (ZSI-Shapes writes one; for COCO, set eval_every=0 '
                             'or add annotations/val.json)')
 
   def eval_fn(state, step):
-    if jax.process_count() > 1:
-      logger.warning('periodic evaluation runs single-process only; skipped at step %d', step)
-      return {}
     variables = {'params': state.params, **state.model_state}
     m = runner.evaluate_variables(config, variables, info, 'seen', step,
                                   max_images=config.eval_images,
                                   log=lambda *_: None, progress=False)
+    if m is None:  # not process 0
+      return {}
     return {f'eval/seen_{kind}_{key}': float(m[kind][key]) for kind in ('box', 'mask')
             for key in ('recall@100_iou0.5', 'map@0.5')}
   return eval_fn

@@ -5,13 +5,14 @@ Orbax writes each step into a temporary directory and renames it when the
 save is complete, so a crash mid-save leaves the previous checkpoint as the
 latest good one. Restoring verifies what it reads: a checkpoint damaged later
 (a truncated file, lost metadata, non-finite values) is reported by step and
-the newest good one is used instead. The data position needs no state of its own: the input order
-is a pure function of (seed, step), so restoring the step restores the iterator.
+the newest good one is used instead. Beside the train state, each checkpoint
+holds the input pipeline's state (item 'data': the next step and what the
+order depends on), compared on resuming. The workdir may be a local folder or
+a bucket URL (``gs://...``); orbax and :mod:`zsi_jax.storage` reach both.
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -19,7 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from zsi_jax import config_check
+from zsi_jax import config_check, storage
 from zsi_jax.jsonio import read_json
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ CONFIG_FILE = 'config.json'
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return storage.join(storage.absolute(workdir), 'checkpoints')
 
 
 # A checkpoint holds the train state (item 'default', the only item of
@@ -78,7 +79,7 @@ def _read(manager: ocp.CheckpointManager, step: int, args):
 
   ``args``: orbax restore args, or a function of the step's folder returning them.
   """
-  where = os.path.join(str(manager.directory), str(step))
+  where = storage.join(str(manager.directory), str(step))
   try:
     state = manager.restore(step, args=args(where) if callable(args) else args)
   except Exception as e:  # orbax, TensorStore and OS errors alike mean: unreadable
@@ -110,8 +111,8 @@ def _newest_good(manager: ocp.CheckpointManager, args, set_aside: bool):
       logger.warning('%s; %s', e, f'falling back to step {older[-1]}' if older
                      else 'no older checkpoint')
       if set_aside:
-        folder = os.path.join(str(manager.directory), str(step))
-        os.replace(folder, f'{folder}.damaged')
+        folder = storage.join(str(manager.directory), str(step))
+        storage.rename(folder, f'{folder}.damaged')
         logger.warning('moved the damaged checkpoint to %s.damaged', folder)
       continue
     if damaged:
@@ -140,7 +141,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any):
 
   def args(folder):
     items = dict(default=ocp.args.StandardRestore(target))
-    if os.path.isdir(os.path.join(folder, 'data')):
+    if storage.isdir(storage.join(folder, 'data')):
       items['data'] = ocp.args.JsonRestore()
     return ocp.args.Composite(**items)
 
@@ -157,7 +158,7 @@ def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[st
   reported and skipped, not moved). Returns (variables, step).
   """
   folder = checkpoint_dir(workdir)
-  if not os.path.isdir(folder):
+  if not storage.isdir(folder):
     raise FileNotFoundError(f'no checkpoint in {folder}')
   manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False))
   try:
@@ -179,20 +180,17 @@ def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[st
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Writes the experiment config as JSON beside the checkpoints (for eval and the Predictor)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)  # atomic: readers never see a half-written file
+  path = storage.join(workdir, CONFIG_FILE)
+  # Atomic: readers never see a half-written file.
+  storage.write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
   return path
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """Reads the config saved by :func:`save_config`, completed to today's keys
   (``config_check.complete``), so workdirs of earlier versions still load."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, CONFIG_FILE)
+  if not storage.exists(path):
     raise FileNotFoundError(f'no {CONFIG_FILE} in {workdir!r}: is it a zsi_jax training workdir?')
   d = read_json(path)
   try:

@@ -1,11 +1,14 @@
 """What the command-line entry points (train.py, eval.py, predict.py) share: errors
-as one clear line, a quiet console and a full log file.
+as one clear line, a quiet console, a full log file and the multi-host flags.
 
 A mistake in the input (a config key, a file, a checkpoint) is reported as
 ``error: <what and where>`` and exit status 1; the traceback is kept for
 debugging behind ``ZSI_TRACEBACK=1`` or absl's ``--verbosity=1`` (``-v 1``).
-The console shows progress bars, warnings, results and this package's own
-messages; everything else logged (orbax, absl) goes to the log file only.
+A run that stops on purpose (preemption) prints its one line as it is and
+exits with its own status (:class:`Interrupted`). The console shows progress
+bars, warnings, results and this package's own messages; everything else
+logged (orbax, absl, the storage clients) goes to the log file only, which
+may be in a bucket.
 The compiler's freed memory is handed back after each compilation
 (``host.release_heap_after_compiles``).
 """
@@ -18,7 +21,7 @@ from typing import Callable, Optional
 
 from absl import flags
 
-from zsi_jax import host
+from zsi_jax import host, storage
 
 # Errors that describe bad input rather than a bug: reported in one line.
 USER_ERRORS = (ValueError, OSError, KeyError)
@@ -63,6 +66,15 @@ def parse_flags(argv):
     fail(ValueError(f'{named[0]}: {message}' if named else message))
 
 
+class Interrupted(Exception):
+  """A run that stopped on purpose: its message is printed as is, and the
+  process exits with ``status`` (e.g. 128 + the signal's number)."""
+
+  def __init__(self, message: str, status: int):
+    super().__init__(message)
+    self.status = status
+
+
 def main(run: Callable, errors=()) -> Callable:
   """Wraps an absl ``main``: input mistakes (and ``errors``) become one line."""
   caught = USER_ERRORS + tuple(errors)
@@ -71,6 +83,9 @@ def main(run: Callable, errors=()) -> Callable:
     host.release_heap_after_compiles()
     try:
       return run(argv)
+    except Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.status)
     except caught as e:
       if traceback_wanted():
         raise
@@ -78,10 +93,39 @@ def main(run: Callable, errors=()) -> Callable:
   return wrapped
 
 
+def define_distributed_flags():
+  """The multi-host flags of train.py and eval.py."""
+  flags.DEFINE_bool('distributed', False, 'call jax.distributed.initialize() (multi-host); on '
+                    'TPU pods and SLURM/Open MPI GPU clusters it needs no other flag')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (other clusters)')
+  flags.DEFINE_integer('num_processes', None, 'number of processes (other clusters)')
+  flags.DEFINE_integer('process_id', None, 'this process (other clusters)')
+
+
+def initialize_distributed():
+  """``jax.distributed.initialize`` when ``--distributed`` is set (a no-op otherwise)."""
+  import jax
+  f = flags.FLAGS
+  if not f.distributed:
+    return
+  if jax.config.jax_platforms == 'cpu':
+    # CPU collectives across processes (tests, rehearsals) go through gloo.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                             num_processes=f.num_processes, process_id=f.process_id)
+
+
+# Storage clients log every retry and fallback (with tracebacks); what matters
+# reaches the console as this package's own one-line error.
+_FILE_ONLY = ('gcsfs', 'fsspec', 'google', 'urllib3', 'aiohttp')
+
+
 class _ConsoleFilter(logging.Filter):
-  """Warnings and errors from anyone; INFO only from this package."""
+  """Warnings and errors from anyone but the storage clients; INFO only from this package."""
 
   def filter(self, record):
+    if record.name.split('.')[0] in _FILE_ONLY:
+      return False
     return record.levelno >= logging.WARNING or record.name.startswith('zsi_jax')
 
 
@@ -104,8 +148,12 @@ def setup_logging(log_file: Optional[str] = None):
 
 
 def log_to_file(log_file: str):
-  """Everything logged at INFO and up also goes to ``log_file`` (folder created)."""
-  os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-  handler = logging.FileHandler(log_file)
+  """Everything logged at INFO and up also goes to ``log_file`` (folder created;
+  in a bucket, uploaded every 30 s and at exit)."""
+  if storage.is_url(log_file):
+    handler = storage.UploadingLogHandler(log_file)   # closed by logging at exit
+  else:
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    handler = logging.FileHandler(log_file)
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
   logging.getLogger().addHandler(handler)

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import io
 from typing import Collection, Dict, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+
+def png_bytes(picture: Image.Image) -> bytes:
+  """A picture encoded as PNG (to write with ``storage.write_bytes``, local or in a bucket)."""
+  out = io.BytesIO()
+  picture.save(out, format='PNG')
+  return out.getvalue()
 
 
 def class_color(name: str) -> tuple:

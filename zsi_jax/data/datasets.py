@@ -4,16 +4,18 @@ Layout (written by data_prep/make_shapes.py; COCO splits use the same):
 ``ROOT/split.json`` ({name, seen, unseen, category_ids, vectors}),
 ``ROOT/annotations/{train,val,test_zsi,test_gzsi}.json``, ``ROOT/images/``,
 ``ROOT/<vector file>`` in the authors' format (D rows x 1+K columns,
-column 0 = background, then seen then unseen classes).
+column 0 = background, then seen then unseen classes). ROOT may be a local
+folder or a bucket URL (``gs://...``).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 from typing import List, Optional
 
 import numpy as np
 
+from zsi_jax import storage
 from zsi_jax.jsonio import read_json
 
 
@@ -47,22 +49,23 @@ class DatasetInfo:
     return self.vectors[idx]
 
   def annotation_file(self, split):
-    return os.path.join(self.root, 'annotations', f'{split}.json')
+    return storage.join(self.root, 'annotations', f'{split}.json')
 
   def image_dir(self, split: str = 'train') -> str:
     """Image folder of an annotation split ('train' or a test split)."""
     if self.image_dirs:
       key = 'train' if split == 'train' else 'test'
-      return os.path.join(self.root, self.image_dirs[key])
-    return os.path.join(self.root, 'images')
+      return storage.join(self.root, self.image_dirs[key])
+    return storage.join(self.root, 'images')
 
 
 def read_vector_file(path: str, num_classes: int):
   """Authors' format -> (vectors [K, D], background [D]); checks the column count."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f'class-vector file not found: {path}')
   try:
-    mat = np.loadtxt(path, delimiter=',', dtype=np.float64, ndmin=2)
+    mat = np.loadtxt(io.StringIO(storage.read_text(path)), delimiter=',', dtype=np.float64,
+                     ndmin=2)
   except ValueError as e:
     raise ValueError(f'{path}: not a comma-separated matrix of numbers: {e}') from e
   if mat.shape[1] != num_classes + 1:
@@ -75,8 +78,8 @@ def read_vector_file(path: str, num_classes: int):
 
 def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
   """Reads ``root/split.json`` and the chosen vector file."""
-  path = os.path.join(root, 'split.json')
-  if not os.path.exists(path):
+  path = storage.join(root, 'split.json')
+  if not storage.exists(path):
     raise FileNotFoundError(f'{path} not found: generate the dataset first '
                             f'(python data_prep/make_shapes.py --out {root})')
   split = read_json(path)
@@ -93,9 +96,9 @@ def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
   missing = [n for n in names if n not in split['category_ids']]
   if missing:
     raise ValueError(f'{path}: no category id for {missing}')
-  vecs, bg = read_vector_file(os.path.join(root, vectors), len(split['seen']) + len(split['unseen']))
+  vecs, bg = read_vector_file(storage.join(root, vectors), len(split['seen']) + len(split['unseen']))
   return DatasetInfo(root=root, seen=split['seen'], unseen=split['unseen'],
                      category_ids=split['category_ids'], vectors=vecs, background=bg,
                      image_dirs=split.get('image_dirs', {}),
-                     word_vectors=(os.path.join(root, split['word_vectors'])
+                     word_vectors=(storage.join(root, split['word_vectors'])
                                    if split.get('word_vectors') else None))

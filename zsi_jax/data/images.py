@@ -13,6 +13,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from zsi_jax import storage
+
 # Modes whose samples are 8 bits: Pillow's conversion to RGB is exact.
 EIGHT_BIT_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK',
                    'YCbCr', 'LAB', 'HSV')
@@ -44,12 +46,14 @@ def to_rgb8(im: Image.Image, name: str) -> np.ndarray:
 
 
 def decode(source: Union[str, bytes], name: str) -> np.ndarray:
-  """An image file (path) or its encoded bytes -> [H, W, 3] uint8 RGB.
+  """An image file (local path or URL) or its encoded bytes -> [H, W, 3] uint8 RGB.
 
   Raises FileNotFoundError (missing file), ImageModeError (unsupported mode)
   or ValueError (undecodable data), each naming ``name``.
   """
   try:
+    if isinstance(source, str) and storage.is_url(source):
+      source = storage.read_bytes(source)
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
       return to_rgb8(im, name)
   except FileNotFoundError:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
-import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from zsi_jax import storage
 from zsi_jax.data import images
 from zsi_jax.jsonio import read_json
 
@@ -50,7 +50,7 @@ def load_coco(ann_file: str, image_dir: str, cat_ids: Sequence[int]) -> Tuple[Li
     for key in ('id', 'file_name', 'height', 'width'):
       if key not in im:
         raise ValueError(f'{ann_file}: image entry {im.get("id", "?")} lacks {key!r}')
-    by_image[im['id']] = dict(file=os.path.join(image_dir, im['file_name']), image_id=im['id'],
+    by_image[im['id']] = dict(file=storage.join(image_dir, im['file_name']), image_id=im['id'],
                               height=im['height'], width=im['width'], anns=[])
   for a in data['annotations']:
     aid = a.get('id', '?')

@@ -15,7 +15,7 @@ between them when it resumes. ``data.pipeline`` chooses:
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 from zsi_jax.data import tfds_coco
 from zsi_jax.data.input_pipeline import Loader, load_coco
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def split_loader(config, info, split: str, cat_ids: Sequence[int], train: bool,
-                 max_images: int = 0, single_process: bool = False):
+                 max_images: int = 0, single_process: bool = False,
+                 batch_size: Optional[int] = None):
   """The loader of one split of a dataset.
 
   Args:
@@ -34,13 +35,14 @@ def split_loader(config, info, split: str, cat_ids: Sequence[int], train: bool,
     cat_ids: the category ids of the split's classes, in class order.
     train: training order (shuffled, flipped, endless) or one pass in file order.
     max_images: > 0 reads only the split's first ``max_images`` images.
-    single_process: this process reads the whole batch (evaluation), not its slice.
+    single_process: this process reads the whole batch, not its slice.
+    batch_size: the global batch (default: the config's ``data.batch_size``).
   Returns:
     a ``Loader`` or ``GrainLoader`` (``train_iterator``, ``eval_iterator``,
     ``steps_per_epoch``, ``plan``, ``image_ids``).
   """
   d = config.data
-  shape = dict(batch_size=d.batch_size, image_size=tuple(d.image_size), scale=tuple(d.scale),
+  shape = dict(batch_size=batch_size or d.batch_size, image_size=tuple(d.image_size), scale=tuple(d.scale),
                max_instances=d.max_instances, mask_size=d.mask_gt_size, train=train,
                seed=config.seed)
   if d.pipeline == 'threads':

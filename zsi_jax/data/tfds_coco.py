@@ -21,6 +21,11 @@ in ``builder.info.metadata['splits'][split]['skipped']``, next to the split's
 
   builder = tfds_coco.build('data/shapes', ['train', 'val'], 'data/shapes_tfds')
   source = tfds_coco.load_source('data/shapes_tfds', 'train')   # random access
+
+The dataset folder may be a bucket URL. array_record reads and writes local
+files only, so a dataset for a bucket is written locally and uploaded, and
+one in a bucket is read from this host's copy (``storage.local_copy``, made
+once and checked by file sizes).
 """
 from __future__ import annotations
 
@@ -28,12 +33,14 @@ import io
 import logging
 import os
 import shutil
+import tempfile
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from zsi_jax import storage
 from zsi_jax.data import datasets
 from zsi_jax.data.input_pipeline import load_coco, to_rle
 from zsi_jax.jsonio import read_json
@@ -121,8 +128,7 @@ def _read_checked(rec: dict) -> bytes:
   """The image file's bytes, after checking it opens and matches the json's size."""
   path = rec['file']
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = storage.read_bytes(path)
   except FileNotFoundError:
     raise FileNotFoundError(f'image {rec["image_id"]}: file not found: {path}') from None
   try:
@@ -177,7 +183,7 @@ def _resolve(data_root: str, splits: Union[Sequence[str], SplitFiles],
              cat_ids: Optional[Sequence[int]]) -> Tuple[SplitFiles, Dict[str, list]]:
   """Split names -> files and per-split class ids (see :func:`build`)."""
   info = None
-  if os.path.exists(os.path.join(data_root, 'split.json')):
+  if storage.exists(storage.join(data_root, 'split.json')):
     info = datasets.load_dataset(data_root)
   if isinstance(splits, Mapping):
     files = {k: (str(a), str(d)) for k, (a, d) in splits.items()}
@@ -214,7 +220,8 @@ def build(data_root: str, splits: Union[Sequence[str], SplitFiles], out_dir: str
     data_root: a prepared dataset (``split.json``, see datasets.py).
     splits: split names (files from ``data_root``'s layout) or a mapping
       split -> (annotation json, image folder) for any COCO-format data.
-    out_dir: TFDS data dir; the dataset lands in ``out_dir/zsi_coco/1.0.0``.
+    out_dir: TFDS data dir; the dataset lands in ``out_dir/zsi_coco/1.0.0`` (a
+      URL: written in a local temporary folder, then uploaded).
     cat_ids: category ids in class order for every split; default: the ZSI
       setting's classes (train/val seen, test_zsi unseen, else all), or the
       json's categories sorted by id when there is no ``split.json``.
@@ -224,6 +231,12 @@ def build(data_root: str, splits: Union[Sequence[str], SplitFiles], out_dir: str
     split's cat_ids and skipped-annotation counts.
   """
   files, ids = _resolve(data_root, splits, cat_ids)
+  if storage.is_url(out_dir):
+    return _build_and_upload(files, ids, out_dir, overwrite)
+  return _build_local(files, ids, out_dir, overwrite)
+
+
+def _build_local(files: SplitFiles, ids, out_dir: str, overwrite: bool) -> ZsiCoco:
   target = os.path.join(out_dir, 'zsi_coco', VERSION)
   if overwrite and os.path.exists(target):
     shutil.rmtree(target)
@@ -237,12 +250,27 @@ def build(data_root: str, splits: Union[Sequence[str], SplitFiles], out_dir: str
   return builder
 
 
+def _build_and_upload(files: SplitFiles, ids, url: str, overwrite: bool) -> ZsiCoco:
+  target = storage.join(url, 'zsi_coco', VERSION)
+  if storage.exists(storage.join(target, 'dataset_info.json')) and not overwrite:
+    have = set(tfds.builder_from_directory(storage.local_copy(target)).info.splits.keys())
+    if set(files) - have:
+      raise ValueError(f'{target} exists without splits {sorted(set(files) - have)}: build '
+                       'into a new out_dir or pass overwrite=True')
+    return tfds.builder_from_directory(storage.local_copy(target))
+  with tempfile.TemporaryDirectory(prefix='zsi_tfds_') as local:
+    _build_local(files, ids, local, overwrite=True)
+    logger.info('uploading %s to %s', local, url)
+    storage.copy_tree(os.path.join(local, 'zsi_coco'), storage.join(url, 'zsi_coco'))
+  return open_builder(url)
+
+
 def open_builder(out_dir: str):
   """The dataset written by :func:`build` (read-only builder: info, metadata, sources)."""
-  path = os.path.join(out_dir, 'zsi_coco', VERSION)
-  if not os.path.exists(os.path.join(path, 'dataset_info.json')):
+  path = storage.join(out_dir, 'zsi_coco', VERSION)
+  if not storage.exists(storage.join(path, 'dataset_info.json')):
     raise FileNotFoundError(f'no TFDS dataset at {path}: run tfds_coco.build first')
-  return tfds.builder_from_directory(path)
+  return tfds.builder_from_directory(storage.local_copy(path))
 
 
 def load_source(out_dir: str, split: str):

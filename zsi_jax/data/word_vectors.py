@@ -7,23 +7,26 @@ the background vector starts as the mean of the class vectors.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from zsi_jax import storage
 
 DEFAULT_NORM = 0.7666
 
 
 def load_keyed_vectors(path: str, binary: Optional[bool] = None, no_header: bool = False):
-  """gensim KeyedVectors from a word2vec (binary/text), GloVe (no header) or fastText .vec file."""
-  if not os.path.exists(path):
+  """gensim KeyedVectors from a word2vec (binary/text), GloVe (no header) or fastText .vec file
+  (a local path, or a URL copied to this host's cache first)."""
+  if not storage.exists(path):
     raise FileNotFoundError(f'word-vector file not found: {path}')
   from gensim.models import KeyedVectors
   if binary is None:
     binary = path.endswith('.bin') or path.endswith('.bin.gz')
   try:
-    return KeyedVectors.load_word2vec_format(path, binary=binary, no_header=no_header)
+    return KeyedVectors.load_word2vec_format(storage.local_copy(path), binary=binary,
+                                             no_header=no_header)
   except (ValueError, UnicodeDecodeError, EOFError) as e:
     raise ValueError(f'{path}: cannot read as word2vec {"binary" if binary else "text"} '
                      f'format{" without header" if no_header else ""}: {e}') from e

@@ -4,20 +4,25 @@ Settings (docs/REFERENCE_NOTES.md): 'zsi' scores the unseen classes on images th
 unseen objects (unseen annotations only); 'gzsi' scores seen + unseen classes
 together on the same images (all annotations); 'seen' scores the seen classes
 on the held-out ``val`` split.
+
+With several processes (``eval.py --distributed``, or periodic evaluation in
+a multi-host run) every process detects its slice of each batch on its own
+devices, process 0 gathers the detections in the split's order, scores them
+and writes the files; the numbers equal a one-process run's.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Dict, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from zsi_jax import checkpoint as ckpt_lib
-from zsi_jax import jsonio
+from zsi_jax import jsonio, storage
 from zsi_jax.data import datasets
 from zsi_jax.data.loaders import split_loader
 from zsi_jax.evaluation import protocol
@@ -25,6 +30,7 @@ from zsi_jax.evaluation.results import image_results
 from zsi_jax.modeling.build import build_model
 from zsi_jax.modeling.class_space import pad_class_vectors
 from zsi_jax.modeling.zsi import ZSIModel
+from zsi_jax.training import mesh as mesh_lib
 
 SETTINGS = {'zsi': 'test_zsi', 'gzsi': 'test_gzsi', 'seen': 'val'}
 
@@ -36,15 +42,17 @@ class ScoringError(RuntimeError):
 def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
              scoring: Optional[str] = None, data_root: Optional[str] = None,
              vectors: Optional[str] = None, calibration: Optional[float] = None,
-             log=print) -> Dict[str, object]:
+             log=print, batch_per_device: int = 0) -> Optional[Dict[str, object]]:
   """Evaluates a checkpoint; writes results and metrics JSON into ``workdir/eval``.
 
   ``calibration``: gamma of calibrated stacking in GZSI (default: the config's
-  ``model.test.seen_calibration``).
+  ``model.test.seen_calibration``). ``batch_per_device``: see
+  :func:`evaluate_variables`. Returns the metrics on process 0, None on the others.
   """
   config, variables, info, step = _load(workdir, setting, step, data_root, vectors)
   return evaluate_variables(config, variables, info, setting, step, scoring,
-                            os.path.join(workdir, 'eval'), calibration=calibration, log=log)
+                            storage.join(workdir, 'eval'), calibration=calibration, log=log,
+                            batch_per_device=batch_per_device)
 
 
 def _load(workdir, setting, step, data_root, vectors):
@@ -59,8 +67,12 @@ def _load(workdir, setting, step, data_root, vectors):
 def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: str, step: int,
                        scoring: Optional[str] = None, out_dir: Optional[str] = None,
                        max_images: int = 0, calibration: Optional[float] = None, log=print,
-                       progress: bool = True) -> Dict[str, object]:
+                       progress: bool = True,
+                       batch_per_device: int = 0) -> Optional[Dict[str, object]]:
   """Runs the model over a test split and scores it (evaluation/protocol.py).
+
+  Every process must call it (each detects its share); process 0 scores and
+  writes, and the others return None.
 
   Args:
     config: experiment config; variables: model variables.
@@ -71,12 +83,16 @@ def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: s
     max_images: evaluate only the first N images of the split (0: all), e.g.
       for periodic evaluation during training.
     calibration: seen-score calibration gamma (default: the config's).
+    batch_per_device: images each device takes per step (default: the
+      training's share, ``data.batch_size`` over the devices, at least 1).
   Returns:
-    the metrics dict (see ``format_table``).
+    the metrics dict (see ``format_table``) on process 0, None on the others.
   """
   gamma = config.model.test.seen_calibration if calibration is None else float(calibration)
-  split = _Split(config, info, setting, scoring, max_images)
+  split = _Split(config, info, setting, scoring, max_images, batch_per_device)
   (results,), n_images, seconds = split.detect(variables, [gamma], progress)
+  if jax.process_index() != 0:
+    return None
   # The detections are written before scoring, so a scoring failure never loses them.
   results_file = _write_json(out_dir, f'{setting}_results.json', results)
   scores = split.score(results, results_file)
@@ -90,7 +106,8 @@ def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: s
 
 def calibration_sweep(workdir: str, num: int, step: Optional[int] = None,
                       scoring: Optional[str] = None, data_root: Optional[str] = None,
-                      vectors: Optional[str] = None, log=print) -> Dict[str, object]:
+                      vectors: Optional[str] = None, log=print,
+                      batch_per_device: int = 0) -> Optional[Dict[str, object]]:
   """GZSI at ``num`` calibrations gamma in [-1, 1], the model run once per image.
 
   From gamma = -1 (the unseen scores lowered by 1: only seen classes pass the
@@ -103,9 +120,11 @@ def calibration_sweep(workdir: str, num: int, step: Optional[int] = None,
     raise ValueError(f'--calibration_sweep needs at least 2 values of gamma, got {num}')
   config, variables, info, step = _load(workdir, 'gzsi', step, data_root, vectors)
   gammas = [float(g) for g in np.linspace(-1.0, 1.0, num)]
-  split = _Split(config, info, 'gzsi', scoring, 0)
+  split = _Split(config, info, 'gzsi', scoring, 0, batch_per_device)
   results, n_images, seconds = split.detect(variables, gammas, progress=True)
-  out_dir = os.path.join(workdir, 'eval')
+  if jax.process_index() != 0:
+    return None
+  out_dir = storage.join(workdir, 'eval')
   sweep = {'setting': 'gzsi', 'step': int(step), 'scoring': split.scoring,
            'images': n_images, **seconds}
   scored = [split.score(r, None) for r in tqdm(results, desc='score')]
@@ -113,7 +132,8 @@ def calibration_sweep(workdir: str, num: int, step: Optional[int] = None,
     sweep[kind] = calibration_curve(gammas, [s[kind] for s in scored])
   _write_json(out_dir, 'gzsi_calibration.json', sweep, indent=1)
   from zsi_jax import visualize
-  visualize.calibration_curve(sweep).save(os.path.join(out_dir, 'gzsi_calibration.png'))
+  storage.write_bytes(storage.join(out_dir, 'gzsi_calibration.png'),
+                      visualize.png_bytes(visualize.calibration_curve(sweep)))
   log(format_sweep(sweep))
   return sweep
 
@@ -139,7 +159,7 @@ def calibration_curve(gammas: Sequence[float], rows: Sequence[Dict[str, float]])
 class _Split:
   """One evaluation setting of a dataset: its classes, ground truth and model."""
 
-  def __init__(self, config, info, setting, scoring, max_images):
+  def __init__(self, config, info, setting, scoring, max_images, batch_per_device=0):
     if setting not in SETTINGS:
       raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
     self.config, self.setting = config, setting
@@ -153,8 +173,11 @@ class _Split:
     self.ann_file = info.annotation_file(SETTINGS[setting])
     # Everything scoring needs is checked before the model runs.
     self.gt = protocol.load_ground_truth(self.ann_file, self.cat_ids)
+    # Each device takes the same number of images per step however many
+    # processes share the work, so each image meets the same compiled program.
+    per_device = batch_per_device or max(1, config.data.batch_size // jax.device_count())
     self.loader = split_loader(config, info, SETTINGS[setting], self.cat_ids, train=False,
-                               max_images=max_images, single_process=True)
+                               max_images=max_images, batch_size=per_device * jax.device_count())
     if max_images:
       self.gt = _subset(self.gt, self.loader.image_ids())
     self.model = build_model(config.model, info.background, len(info.seen), training=False)
@@ -163,34 +186,52 @@ class _Split:
     """COCO results of the split for each calibration gamma: the features, proposals
     and class scores once per batch, the selection and masks once per gamma.
 
+    With several processes each detects its slice of every batch and the
+    lists are gathered on process 0 in the split's order (the others get
+    empty lists).
+
     Returns (one results list per gamma, images, dict of seconds).
     """
     (cv, cm), (sv, sm) = self.classes, self.seen
     model, scoring = self.model, self.scoring
+    mesh = mesh_lib.make_local_mesh()
+    rows = NamedSharding(mesh, P('data'))
+    variables = jax.device_put(mesh_lib.local_values(variables), NamedSharding(mesh, P()))
     candidates = jax.jit(lambda v, im, hw: model.apply(
         v, im, hw, cv, cm, sv, sm, scoring, method=ZSIModel.candidates))
     finish = jax.jit(lambda v, c, hw, g: model.apply(
         v, c, hw, cv, cm, sv, sm, scoring, g, method=ZSIModel.finish))
     loader = self.loader
-    results = [[] for _ in gammas]
+    found = []                                  # (step, slot, results per gamma)
     t_model = t_host = 0.0
-    n_images = 0
-    for batch in tqdm(loader.eval_iterator(), total=loader.steps_per_epoch,
-                      desc=f'eval {self.setting}', disable=not progress):
+    for step, batch in enumerate(tqdm(loader.eval_iterator(), total=loader.steps_per_epoch,
+                                      desc=f'eval {self.setting}',
+                                      disable=not progress or jax.process_index() != 0)):
       keep = [i for i in range(batch['image'].shape[0]) if batch['image_id'][i] >= 0]
-      n_images += len(keep)
       t0 = time.time()
-      cand = candidates(variables, batch['image'], batch['input_hw'])
-      dets = [jax.device_get(finish(variables, cand, batch['input_hw'], np.float32(gamma)))
-              for gamma in gammas]
+      image, hw = jax.device_put((batch['image'], batch['input_hw']), rows)
+      cand = candidates(variables, image, hw)
+      dets = [jax.device_get(finish(variables, cand, hw, np.float32(gamma))) for gamma in gammas]
       t1 = time.time()
       for i in keep:
-        image = [{k: v[i] for k, v in det.items()} for det in dets]
-        for out, found in zip(results, self._image_results(batch, i, image)):
-          out.extend(found)
+        per_gamma = [{k: v[i] for k, v in det.items()} for det in dets]
+        found.append((step, i, self._image_results(batch, i, per_gamma)))
       t_model += t1 - t0
       t_host += time.time() - t1
-    return results, n_images, {'seconds_model': t_model, 'seconds_host_postprocess': t_host}
+    seconds = {'seconds_model': t_model, 'seconds_host_postprocess': t_host}
+    # Process p holds the p-th contiguous slice of every batch: (step, process,
+    # slot) is the split's order.
+    every = mesh_lib.gather_objects((found, seconds))
+    results = [[] for _ in gammas]
+    if jax.process_index() != 0:
+      return results, 0, seconds
+    images = sorted((step, p, slot, per_gamma) for p, (part, _) in enumerate(every)
+                    for step, slot, per_gamma in part)
+    for *_, per_gamma in images:
+      for out, image_results_ in zip(results, per_gamma):
+        out.extend(image_results_)
+    seconds = {k: max(s[k] for _, s in every) for k in seconds}
+    return results, len(images), seconds
 
   def _image_results(self, batch, i, per_gamma):
     """COCO results of image ``i`` of ``batch`` for each gamma's detections.
@@ -233,7 +274,7 @@ def _write_json(out_dir: Optional[str], name: str, value, indent=None) -> Option
   """Writes ``value`` to ``out_dir/name`` atomically (nothing when ``out_dir`` is None)."""
   if not out_dir:
     return None
-  path = os.path.join(out_dir, name)
+  path = storage.join(out_dir, name)
   jsonio.write_json(path, value, indent=indent)
   return path
 

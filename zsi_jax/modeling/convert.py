@@ -14,16 +14,19 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
+from zsi_jax import storage
 from zsi_jax.modeling.resnet import STAGE_BLOCKS
 
 _IGNORED = re.compile(r'^fc\.|num_batches_tracked$')
 
 
 def load_state_dict(path: str) -> Dict[str, np.ndarray]:
-  """A state dict as NumPy arrays from .pth / .pt, .npz or .safetensors."""
-  if not os.path.exists(path):
+  """A state dict as NumPy arrays from .pth / .pt, .npz or .safetensors (a local
+  path, or a URL copied to this host's cache first)."""
+  if not storage.exists(path):
     raise FileNotFoundError(f'weight file not found: {path}')
   ext = os.path.splitext(path)[1].lower()
+  path = storage.local_copy(path)
   if ext in ('.pth', '.pt'):
     try:
       import torch

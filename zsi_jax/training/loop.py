@@ -15,9 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 from zsi_jax import checkpoint as ckpt_lib
-from zsi_jax import config_check
+from zsi_jax import config_check, storage
 from zsi_jax.modeling.class_space import pad_class_vectors
 from zsi_jax.training import mesh as mesh_lib
+from zsi_jax.training import preemption, workdir_lock
 from zsi_jax.training.metrics import MetricWriter
 from zsi_jax.training.train_step import TrainState, build_training
 
@@ -59,9 +60,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           data_order: Optional[Dict[str, Any]] = None) -> TrainState:
   """Trains (or resumes) and returns the final state.
 
+  The run holds ``workdir`` while it trains (``workdir_lock``). On SIGTERM or
+  SIGINT it finishes the step in flight, saves its checkpoint and raises
+  ``preemption.Preempted``.
+
   Args:
     config: experiment config.
-    workdir: checkpoints, config.json, metrics.jsonl and tensorboard/ go here.
+    workdir: checkpoints, config.json, metrics.jsonl and tensorboard/ go here
+      (a local folder or a bucket URL).
+    eval_fn: called by every process (evaluation is distributed); its scalars
+      are logged by process 0.
     data: dict with ``class_vectors`` [K, D] (training classes), ``background``
       [D], ``image_size`` (H, W) and, for a box head with a fixed vocabulary,
       ``vocabulary`` [V, D].
@@ -76,6 +84,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       step, and compared on resuming.
   """
   config_check.validate(config)
+  # A misspelt bucket or a read-only path fails now, not after compiling.
+  storage.check_writable(workdir, 'workdir')
+  with workdir_lock.hold(workdir), preemption.StopSignals() as signals:
+    return _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, eval_fn,
+                  hooks, data_order, signals)
+
+
+def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, eval_fn, hooks,
+           data_order, signals: preemption.StopSignals) -> TrainState:
   total_steps = int(total_steps or config.num_epochs * steps_per_epoch)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
@@ -138,8 +155,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         writer.write(done, scalars)
         bar.set_postfix(loss=f"{m['total']:.3f}", lr=f"{scalars['learning_rate']:.4f}")
       bar.update(1)
-      ckpt_lib.save(manager, done, state, config.checkpoint_every,
-                    data_state=dict(next_step=done, **(data_order or {})),
+      data_state = dict(next_step=done, **(data_order or {}))
+      ckpt_lib.save(manager, done, state, config.checkpoint_every, data_state=data_state,
                     force=done == total_steps)
       for hook in hooks:
         hook(done, state, manager, local)
@@ -147,6 +164,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         scalars = eval_fn(state, done)
         if scalars:
           writer.write(done, scalars)
+      stop = signals.agreed() if done < total_steps else 0
+      if stop:
+        if manager.latest_step() != done:
+          ckpt_lib.save(manager, done, state, config.checkpoint_every, data_state=data_state,
+                        force=True)
+        manager.wait_until_finished()
+        writer.flush()
+        raise preemption.Preempted(done, stop, ckpt_lib.checkpoint_dir(workdir))
   finally:
     bar.close()
     if hasattr(it, 'close'):          # stops a pipeline's threads and worker processes

@@ -2,8 +2,14 @@
 
 A 1-D mesh ``('data',)`` over all devices of all processes: batches are split
 along their leading axis, parameters and optimiser state are replicated.
+Evaluation and inference run on each process's own devices
+(:func:`make_local_mesh`) and meet only to gather results
+(:func:`gather_objects`).
 """
 from __future__ import annotations
+
+import pickle
+from typing import Any, List
 
 import jax
 import numpy as np
@@ -16,6 +22,11 @@ def make_mesh() -> Mesh:
   # sharding types would require annotating every reshape.
   return jax.make_mesh((jax.device_count(),), ('data',),
                        axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_local_mesh() -> Mesh:
+  """A ('data',) mesh over this process's devices only (no cross-process traffic)."""
+  return Mesh(np.asarray(jax.local_devices()), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -48,3 +59,26 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def local_values(tree):
+  """A pytree of arrays as this process's NumPy copies (one replica of arrays
+  replicated over every process's devices, e.g. a train state)."""
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree_util.tree_map(one, tree)
+
+
+def gather_objects(value: Any) -> List[Any]:
+  """Every process's ``value`` (anything picklable), in process order, on every process."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(pickle.dumps(value), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int64(data.size))).ravel()
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  every = np.asarray(multihost_utils.process_allgather(padded))
+  return [pickle.loads(every[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
