@@ -3,7 +3,8 @@
 python data_prep/make_tfds.py --root DATASET_ROOT --out TFDS_DIR [--splits train,val,test_zsi,test_gzsi]
 
 DATASET_ROOT is ZSI-Shapes (data_prep/make_shapes.py) or a COCO split made by
-data_prep/make_coco_splits.py. Each split's classes are the ZSI setting's
+data_prep/make_coco_splits.py; either may be a bucket URL (gs://...), and so
+may TFDS_DIR (the dataset is then written locally and uploaded). Each split's classes are the ZSI setting's
 (train and val: seen; test_zsi: unseen; test_gzsi: all); annotations that are
 skipped (other categories, degenerate boxes) are counted in the dataset's
 metadata and printed. Then train with
@@ -16,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zsi_jax import cli  # noqa: E402
+from zsi_jax import cli, storage  # noqa: E402
 from zsi_jax.data import tfds_coco  # noqa: E402
 
 SPLITS = ('train', 'val', 'test_zsi', 'test_gzsi')
@@ -31,7 +32,7 @@ def main():
   a = p.parse_args()
   splits = [s for s in a.splits.split(',') if s]
   missing = [s for s in splits
-             if not os.path.exists(os.path.join(a.root, 'annotations', f'{s}.json'))]
+             if not storage.exists(storage.join(a.root, 'annotations', f'{s}.json'))]
   if missing:
     raise FileNotFoundError(f'{a.root}/annotations/ has no {", ".join(missing)} '
                             f'(.json); choose --splits from what it has')

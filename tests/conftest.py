@@ -15,3 +15,26 @@ import tempfile  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="zsi_jax_test_cache_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# A Google Cloud Storage emulator on 127.0.0.1, for the tests of bucket
+# workdirs and datasets (tools/gcs_emulator.py; one per test process).
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def gcs():
+  """A fresh emulated GCS server with bucket ``zsi-test``: yields a ``tools.gcs_emulator.Emulator``
+  whose ``env`` points gcsfs and orbax's tensorstore at it (also set in this process)."""
+  from tools.gcs_emulator import Emulator
+  with Emulator(bucket='zsi-test') as emulator:
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    try:
+      yield emulator
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v

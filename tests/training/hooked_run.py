@@ -1,10 +1,12 @@
 """train.py's training run with step hooks injected by the tests (test_distributed.py):
 
-python tests/training/hooked_run.py [--kill_at=STEP] [--record_ids=FILE] <train.py flags>
+python tests/training/hooked_run.py [--kill_at=STEP] [--term_at=STEP] [--record_ids=FILE] <train.py flags>
 
 --kill_at: SIGKILL the process group once the checkpoint of STEP is on disk
 (a kill at a known step, without a race; start the run with a session of its
-own). --record_ids: write the image ids of this
+own). --term_at: send this process SIGTERM once STEP is done, as a
+preemption notice arriving then (with --distributed, only process
+--term_process gets it). --record_ids: write the image ids of this
 process's slice of every step's batch to FILE (JSON, {step: [ids]}).
 """
 import json
@@ -19,6 +21,8 @@ from absl import app, flags  # noqa: E402
 import train  # noqa: E402
 
 flags.DEFINE_integer('kill_at', 0, 'SIGKILL after the checkpoint of this step')
+flags.DEFINE_integer('term_at', 0, 'send this process SIGTERM after this step')
+flags.DEFINE_integer('term_process', 0, 'with --distributed: the process that gets SIGTERM')
 flags.DEFINE_string('record_ids', '', 'write each step\'s local image ids here')
 FLAGS = flags.FLAGS
 
@@ -30,6 +34,13 @@ def kill_after_checkpoint(step):
     if done == step:
       manager.wait_until_finished()
       os.killpg(os.getpgrp(), signal.SIGKILL)
+  return hook
+
+
+def terminate_after(step):
+  def hook(done, state, manager, batch):
+    if done == step:
+      os.kill(os.getpid(), signal.SIGTERM)
   return hook
 
 
@@ -45,17 +56,19 @@ def record_image_ids(path):
 
 def main(_):
   import jax
-  if FLAGS.distributed:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+  from zsi_jax import cli
+  cli.initialize_distributed()
   hooks = []
   if FLAGS.kill_at:
     hooks.append(kill_after_checkpoint(FLAGS.kill_at))
+  if FLAGS.term_at and jax.process_index() == FLAGS.term_process:
+    hooks.append(terminate_after(FLAGS.term_at))
   if FLAGS.record_ids:
     hooks.append(record_image_ids(FLAGS.record_ids))
   train.run(FLAGS.config, FLAGS.workdir, hooks=hooks)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from zsi_jax import cli
+  app.run(cli.main(main))

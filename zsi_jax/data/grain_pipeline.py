@@ -20,6 +20,9 @@ Scripts that use ``worker_count > 0`` need an ``if __name__ == '__main__':`` gua
 """
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Dict, Iterator, Optional, Sequence
 
 import grain
@@ -31,6 +34,19 @@ from zsi_jax.data.input_pipeline import (BatchPlan, DroppedInstances, blank_exam
 
 # Long enough to never run out (2**62 examples); grain datasets are lazy.
 _ENDLESS = 2 ** 62
+
+
+def _exit_with_trainer(worker_index: int, worker_count: int):
+  """Grain worker start-up: exit within a second of the training process's
+  death (SIGKILL, out of memory), rather than linger as an orphan."""
+  del worker_index, worker_count
+  trainer = os.getppid()
+
+  def watch():
+    while os.getppid() == trainer:
+      time.sleep(1.0)
+    os._exit(0)
+  threading.Thread(target=watch, name='exit-with-trainer', daemon=True).start()
 
 
 class _Positions(grain.transforms.Map):
@@ -132,7 +148,8 @@ class GrainLoader:
         # notebooks, plain scripts) they keep their defaults.
         flags.FLAGS.mark_as_parsed()
       it = it.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.worker_count, per_worker_buffer_size=max(self.prefetch, 1)))
+          num_workers=self.worker_count, per_worker_buffer_size=max(self.prefetch, 1)),
+          worker_init_fn=_exit_with_trainer)
     return it
 
   def _iterate(self, ds) -> Iterator[Dict[str, np.ndarray]]:
