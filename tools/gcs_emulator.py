@@ -1,6 +1,12 @@
 """A Google Cloud Storage emulator on 127.0.0.1 (the gcp-storage-emulator package),
 for rehearsing bucket workdirs without a cloud account.
 
+Two behaviours of GCS that the package lacks and that orbax's OCDBT
+checkpoints rely on (through tensorstore) are added here: a download names
+the object's generation in the ``x-goog-generation`` header, and an upload
+with ``ifGenerationMatch`` is refused (412) unless the object's generation
+matches (0: the object must not exist).
+
     with Emulator(bucket='zsi') as gcs:
       env = dict(os.environ, **gcs.env)   # gcsfs (so etils.epath) and orbax use it
       ... train.py --workdir gs://zsi/run ...
@@ -14,7 +20,9 @@ import argparse
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http import HTTPStatus
 from typing import Dict, Optional
 
 
@@ -41,8 +49,7 @@ class Emulator:
 
   def start(self):
     self._proc = subprocess.Popen(
-        [sys.executable, '-m', 'gcp_storage_emulator', 'start', '--host', '127.0.0.1',
-         '--port', str(self.port), '--in-memory', '--default-bucket', self.bucket],
+        [sys.executable, __file__, '--serve', '--port', str(self.port), '--bucket', self.bucket],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -73,11 +80,55 @@ class Emulator:
     return False
 
 
+def serve(port: int, bucket: str):
+  """Runs the emulator in this process, with the GCS behaviours described above."""
+  from gcp_storage_emulator import server
+  from gcp_storage_emulator.exceptions import NotFound
+  from gcp_storage_emulator.handlers import objects
+  download, insert = objects.download, objects.insert
+  uploads = threading.Lock()
+
+  def generation(storage, bucket_name, object_id) -> str:
+    try:
+      return str(storage.get_file_obj(bucket_name, object_id).get('generation') or '0')
+    except NotFound:
+      return '0'
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+      response['x-goog-generation'] = generation(storage, request.params['bucket_name'],
+                                                 request.params['object_id'])
+
+  def insert_if_generation_matches(request, response, storage, *args, **kwargs):
+    wanted = request.query.get('ifGenerationMatch')
+    with uploads:
+      if wanted and 'name' in request.query:
+        have = generation(storage, request.params['bucket_name'], request.query['name'][0])
+        if have != wanted[0]:
+          response.status = HTTPStatus.PRECONDITION_FAILED
+          return
+      return insert(request, response, storage, *args, **kwargs)
+
+  # Late lookups (the router's fallback; objects.get's alt=media downloads) ...
+  objects.insert, objects.download = insert_if_generation_matches, download_with_generation
+  for _, methods in server.HANDLERS:                 # ... and the routing table
+    for method, handler in list(methods.items()):
+      if handler is download:
+        methods[method] = download_with_generation
+      elif handler is insert:
+        methods[method] = insert_if_generation_matches
+  server.create_server('127.0.0.1', port, in_memory=True, default_bucket=bucket).run()
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--port', type=int, default=0)
   p.add_argument('--bucket', default='zsi')
+  p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
   a = p.parse_args()
+  if a.serve:
+    return serve(a.port, a.bucket)
   with Emulator(a.bucket, a.port or None) as gcs:
     for k, v in gcs.env.items():
       print(f'export {k}={v}')

@@ -117,7 +117,7 @@ def initialize_distributed():
 
 # Storage clients log every retry and fallback (with tracebacks); what matters
 # reaches the console as this package's own one-line error.
-_FILE_ONLY = ('gcsfs', 'fsspec', 'google', 'urllib3', 'aiohttp')
+_FILE_ONLY = storage.STORAGE_CLIENT_LOGGERS
 
 
 class _ConsoleFilter(logging.Filter):

@@ -300,9 +300,16 @@ class AppendFile:
       self._file.close()
 
 
+# Loggers of the storage clients: an upload may log through them, so a log
+# file in a bucket must not take their records (logging would wait on itself).
+STORAGE_CLIENT_LOGGERS = ('gcsfs', 'fsspec', 'google', 'urllib3', 'aiohttp')
+
+
 class UploadingLogHandler(logging.FileHandler):
-  """A log file in a bucket: written to a local temporary file and uploaded at
-  most every ``upload_every`` seconds (on the next record) and on close."""
+  """A log file in a bucket: written to a local temporary file, which a
+  background thread uploads every ``upload_every`` seconds when it changed,
+  and :meth:`close` uploads a last time. The storage clients' own records
+  are left out (they would be logged while uploading)."""
 
   def __init__(self, url: str, upload_every: float = 30.0):
     self.url = url
@@ -312,28 +319,36 @@ class UploadingLogHandler(logging.FileHandler):
       with open(local, 'wb') as f:
         f.write(read_bytes(url))
     super().__init__(local, mode='a')
-    self.upload_every, self._last = upload_every, 0.0
-    self._lock_upload = threading.Lock()
+    self.addFilter(lambda r: r.name.split('.')[0] not in STORAGE_CLIENT_LOGGERS)
+    self._changed, self._done = threading.Event(), threading.Event()
+    self._uploader = threading.Thread(target=self._upload_every, args=(upload_every,),
+                                      name='log-upload', daemon=True)
+    self._uploader.start()
 
   def emit(self, record):
     super().emit(record)
-    if time.monotonic() - self._last >= self.upload_every:
-      self.upload()
+    self._changed.set()
+
+  def _upload_every(self, seconds: float):
+    while not self._done.wait(seconds):
+      if self._changed.is_set():
+        self._changed.clear()
+        self.upload()
 
   def upload(self):
-    with self._lock_upload:
-      self._last = time.monotonic()
-      try:
-        self.flush()
-        write_bytes(self.url, read_bytes(self.baseFilename))
-      except Exception as e:  # noqa: BLE001 - a log upload must never stop the run
-        logger.debug('log upload to %s failed: %s', self.url, e)
+    try:  # each record is flushed as it is written: no lock needed to read the file
+      write_bytes(self.url, read_bytes(self.baseFilename))
+    except Exception as e:  # noqa: BLE001 - a log upload must never stop the run
+      logger.debug('log upload to %s failed: %s', self.url, e)
 
   def close(self):
-    if os.path.exists(self.baseFilename):
+    if not self._done.is_set():
+      self._done.set()
+      self._uploader.join()
       self.upload()
       super().close()
-      os.remove(self.baseFilename)
+      if os.path.exists(self.baseFilename):
+        os.remove(self.baseFilename)
     else:
       super().close()
 
