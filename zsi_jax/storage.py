@@ -1,9 +1,12 @@
 """Files in local folders and cloud buckets alike: every path the project reads
 or writes (workdirs, datasets, vector files, outputs) goes through here.
 
-A path is a local path or a URL (``gs://bucket/run``, any scheme fsspec knows);
-``etils.epath`` (what orbax uses) reaches buckets through gcsfs. What differs
-between the two is kept in this module:
+A path is a local path or a URL (``gs://bucket/run``, any scheme fsspec knows).
+Buckets are reached through fsspec (gcsfs for ``gs://``), the layer that
+``etils.epath`` and so orbax use too, with its listings cache off: other
+processes (the other hosts, the next run) change the bucket, and a stale
+cached size makes a read wait forever. What differs between local paths and
+URLs is kept in this module:
 
 - atomic writes: a local file is written beside its target and renamed; an
   object in a bucket is uploaded in one request, which is atomic by itself;
@@ -24,12 +27,13 @@ import io
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from typing import Iterator, List, Optional, Union
 
-from etils import epath
+import fsspec
 
 logger = logging.getLogger(__name__)
 
@@ -66,36 +70,53 @@ def basename(path: PathLike) -> str:
   return path.rstrip('/').rsplit('/', 1)[-1] if is_url(path) else os.path.basename(path)
 
 
-def as_path(path: PathLike) -> epath.Path:
-  return epath.Path(os.fspath(path))
+def filesystem(url: PathLike):
+  """(fsspec filesystem, path inside it) of a URL; no listings cache (see above)."""
+  return fsspec.core.url_to_fs(os.fspath(url), use_listings_cache=False)
 
 
 def exists(path: PathLike) -> bool:
-  return as_path(path).exists() if is_url(path) else os.path.exists(path)
+  if not is_url(path):
+    return os.path.exists(path)
+  fs, inner = filesystem(path)
+  return fs.exists(inner)
 
 
 def isdir(path: PathLike) -> bool:
-  return as_path(path).is_dir() if is_url(path) else os.path.isdir(path)
+  if not is_url(path):
+    return os.path.isdir(path)
+  fs, inner = filesystem(path)
+  return fs.isdir(inner)
 
 
 def makedirs(path: PathLike):
   """Creates a folder and its parents (a no-op in buckets, which have no folders)."""
   if is_url(path):
-    as_path(path).mkdir(parents=True, exist_ok=True)
+    fs, inner = filesystem(path)
+    fs.makedirs(inner, exist_ok=True)
   else:
     os.makedirs(path, exist_ok=True)
 
 
 def listdir(path: PathLike) -> List[str]:
   """Names of the entries of a folder, sorted."""
-  if is_url(path):
-    return sorted(p.name for p in as_path(path).iterdir())
-  return sorted(os.listdir(path))
+  if not is_url(path):
+    return sorted(os.listdir(path))
+  fs, inner = filesystem(path)
+  return sorted(basename(p) for p in fs.ls(inner, detail=False) if p.rstrip('/') != inner.rstrip('/'))
+
+
+def size(path: PathLike) -> int:
+  if not is_url(path):
+    return os.path.getsize(path)
+  fs, inner = filesystem(path)
+  return int(fs.info(inner)['size'])
 
 
 def read_bytes(path: PathLike) -> bytes:
   if is_url(path):
-    return as_path(path).read_bytes()
+    fs, inner = filesystem(path)
+    return fs.cat_file(inner)          # one request for the whole object
   with open(path, 'rb') as f:
     return f.read()
 
@@ -104,16 +125,12 @@ def read_text(path: PathLike) -> str:
   return read_bytes(path).decode('utf-8')
 
 
-def open_file(path: PathLike, mode: str = 'r'):
-  """A file object for reading (or writing whole files) at a local path or URL."""
-  return as_path(path).open(mode) if is_url(path) else open(path, mode)
-
-
 def write_bytes(path: PathLike, data: bytes):
   """Writes ``data`` to ``path`` atomically: readers see the old file or the new one, whole."""
   path = os.fspath(path)
   if is_url(path):
-    as_path(path).write_bytes(data)       # one upload: the object appears whole or not at all
+    fs, inner = filesystem(path)
+    fs.pipe_file(inner, data)            # one upload: the object appears whole or not at all
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
@@ -135,7 +152,8 @@ def remove(path: PathLike):
   """Deletes a file; a missing one is fine."""
   try:
     if is_url(path):
-      as_path(path).unlink(missing_ok=True)
+      fs, inner = filesystem(path)
+      fs.rm_file(inner)
     else:
       os.remove(path)
   except FileNotFoundError:
@@ -145,7 +163,8 @@ def remove(path: PathLike):
 def rename(src: PathLike, dst: PathLike):
   """Moves a file or folder (in buckets: copied object by object, then deleted)."""
   if is_url(src):
-    as_path(src).rename(as_path(dst))
+    fs, inner = filesystem(src)
+    fs.mv(inner, filesystem(dst)[1], recursive=True)
   else:
     os.replace(src, dst)
 
@@ -157,13 +176,9 @@ def walk_files(path: PathLike) -> Iterator[str]:
     out = [os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path)
            for f in files]
   else:
-    out = []
-    pending = ['']
-    while pending:
-      rel = pending.pop()
-      for p in as_path(join(path, rel) if rel else path).iterdir():
-        child = f'{rel}/{p.name}' if rel else p.name
-        (pending if p.is_dir() else out).append(child)
+    fs, inner = filesystem(path)
+    inner = inner.rstrip('/')
+    out = [p[len(inner) + 1:] for p in fs.find(inner)]
   return iter(sorted(out))
 
 
@@ -190,7 +205,7 @@ def check_writable(folder: PathLike, what: str = 'folder'):
   """Creates ``folder`` and writes and deletes a probe file in it, so a misspelt
   bucket, missing credentials or a read-only path fail now, in one line
   naming the folder, rather than after compiling or training."""
-  probe = join(folder, f'.write_probe.{os.getpid()}')
+  probe = join(folder, f'.write_probe.{socket.gethostname()}.{os.getpid()}')
 
   def attempt():
     makedirs(folder)
@@ -374,9 +389,8 @@ def local_copy(url: PathLike) -> str:
     return url
   key = hashlib.sha256(url.encode()).hexdigest()[:16]
   target = os.path.join(cache_dir(), 'mirror', f'{key}_{basename(url)}')
-  src = as_path(url)
-  if src.is_dir():
-    sizes = {rel: as_path(join(url, rel)).stat().length for rel in walk_files(url)}
+  if isdir(url):
+    sizes = {rel: size(join(url, rel)) for rel in walk_files(url)}
     if os.path.isdir(target) and all(
         os.path.exists(os.path.join(target, r)) and os.path.getsize(os.path.join(target, r)) == n
         for r, n in sizes.items()):
@@ -386,7 +400,7 @@ def local_copy(url: PathLike) -> str:
     tmp = tempfile.mkdtemp(prefix='.incoming_', dir=_ensure(os.path.dirname(target)))
     copy_tree(url, tmp)
   else:
-    if os.path.isfile(target) and os.path.getsize(target) == src.stat().length:
+    if os.path.isfile(target) and os.path.getsize(target) == size(url):
       return target
     fd, tmp = tempfile.mkstemp(prefix='.incoming_', dir=_ensure(os.path.dirname(target)))
     with os.fdopen(fd, 'wb') as f:

@@ -164,9 +164,9 @@ class WorkdirLock:
 def _create_object(url: str, data: bytes):
   """Creates ``url`` only if no object is there (FileExistsError otherwise)."""
   if url.startswith('gs://'):
-    import gcsfs
+    fs, inner = storage.filesystem(url)
     try:
-      gcsfs.GCSFileSystem().pipe_file(url, data, mode='create')
+      fs.pipe_file(inner, data, mode='create')
     except FileExistsError:
       raise
     except Exception as e:  # noqa: BLE001 - 412 Precondition Failed: it exists
