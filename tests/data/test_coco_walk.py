@@ -1,15 +1,17 @@
-"""The COCO recipe walked as the README's "COCO 2014" section walks it, on a
+"""The README's "COCO 2014" section walked command by command on a
 COCO-2014-shaped stand-in (coco_standin.py): make_coco_splits.py (65/15 and
-48/17), make_tfds.py (reached through train.py's own hint), train.py with
+48/17); make_tfds.py, run as train.py's own error prints it; train.py with
 configs/coco_65_15.py at its real model and canvas (R101-FPN, 1344x1344; only
-data paths, batch size and step count overridden), killed after a checkpoint
-and resumed by the same command, eval.py --split
-zsi,gzsi and predict.py on one's own images. Then the same walk for a custom
-split (make_word_vectors.py from a word2vec-format file, --split my_split.json
---vectors), trained with configs/tiny.py: the R101 recipe is compiled once.
+the data paths, batch size, step count and checkpoint/log intervals
+overridden), killed after a checkpoint and resumed by the same command;
+eval.py --split zsi,gzsi; predict.py on one's own images. Then the custom-split
+walk (make_word_vectors.py from a word2vec-format file, --split my_split.json
+--vectors), trained with configs/tiny.py so that the R101 recipe is compiled
+once in this module.
 
-Every command is a subprocess, as a user types it. Alone:
-  python -m pytest -q tests/data/test_coco_walk.py
+Every command is a subprocess, as a user types it (about 7 minutes on 2 cores).
+Alone: python -m pytest -q -s tests/data/test_coco_walk.py (-s prints each
+command's seconds).
 """
 import json
 import os
@@ -119,11 +121,10 @@ def check_split_folder(out, coco_ids, expected, names):
 
 
 def make_splits(coco, env, split, out, *extra):
-  root, ids = coco
-  text = run(f'make_coco_splits {os.path.basename(split)}',
-             ['data_prep/make_coco_splits.py', '--coco-root', root, '--split', split,
+  """Runs make_coco_splits.py on the stand-in; returns what it printed."""
+  return run(f'make_coco_splits {os.path.basename(split)}',
+             ['data_prep/make_coco_splits.py', '--coco-root', coco[0], '--split', split,
               '--out', out, *extra], env)
-  return text
 
 
 @pytest.fixture(scope='module')
@@ -192,6 +193,9 @@ def recipe(split_65, env, tmp_path_factory):
   TIMES['train.py killed after step 1'] = time.time() - t
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
   resumed = run('train.py resumed to 2', train, env)
+  # One compiled train step in the cache: the resume found the killed run's.
+  cache = env['JAX_COMPILATION_CACHE_DIR']
+  assert len([f for f in os.listdir(cache) if f.startswith('jit_step-')]) == 1
   return dict(data=data, workdir=workdir, tfds=tfds_text, resumed=resumed)
 
 
