@@ -11,6 +11,7 @@ counts and the next commands (make_tfds.py, train.py) for the folder it wrote.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 
@@ -65,10 +66,11 @@ def main(argv=None):
     print(f'{k}: {v}')
   # The built-in splits have their config; a custom split trains with the 65/15 recipe.
   config = f'configs/coco_{name}.py' if name in splits.BUILTIN else 'configs/coco_65_15.py'
+  root, tfds_dir = shlex.quote(out), shlex.quote(out + '_tfds')
   print(f'wrote {out}; next:\n'
-        f'  python data_prep/make_tfds.py --root {out} --out {out}_tfds\n'
+        f'  python data_prep/make_tfds.py --root {root} --out {tfds_dir}\n'
         f'  python train.py --config {config} --workdir runs/coco_{name} '
-        f'--config.data.root={out} --config.data.tfds_dir={out}_tfds')
+        f'--config.data.root={root} --config.data.tfds_dir={tfds_dir}')
   return counts
 
 

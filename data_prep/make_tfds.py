@@ -29,9 +29,10 @@ def present_splits(root):
   """The standard splits whose annotation files exist under ``root``, in the standard order."""
   found = [s for s in SPLITS if os.path.exists(os.path.join(root, 'annotations', f'{s}.json'))]
   if not found:
-    raise FileNotFoundError(f'{root}/annotations/ has none of {", ".join(f"{s}.json" for s in SPLITS)}: '
-                            'make the dataset first (data_prep/make_coco_splits.py or '
-                            'data_prep/make_shapes.py), or name its splits with --splits')
+    names = ', '.join(f'{s}.json' for s in SPLITS)
+    raise FileNotFoundError(f'{root}/annotations/ has none of {names}: make the dataset first '
+                            '(data_prep/make_coco_splits.py or data_prep/make_shapes.py), or '
+                            'name its splits with --splits')
   return found
 
 

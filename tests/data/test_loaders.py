@@ -86,7 +86,8 @@ def test_grain_mistakes_are_named(data, tmp_path):
     split_loader(_config(root, 'grain'), info, 'train', seen, train=True)
   only_train = str(tmp_path / 't')
   tfds_coco.build(root, ['train'], only_train)
-  with pytest.raises(FileNotFoundError, match=r"no split 'val'; rebuild it with .*make_tfds.py") as e:
+  with pytest.raises(FileNotFoundError,
+                     match=r"no split 'val'; rebuild it with .*make_tfds.py") as e:
     split_loader(_config(root, 'grain', only_train), info, 'val', seen, train=False)
   # The hint is a command that runs as printed: it rebuilds the dataset with every split.
   hint = shlex.split(str(e.value).split('rebuild it with ', 1)[1])
