@@ -5,16 +5,19 @@ Reads DIR/annotations/instances_{train,val}2014.json and writes, under --out
 (default DIR/zsi_<split>): annotations/{train,test_zsi,test_gzsi}.json, split.json and the
 shipped word2vec class-vector file of the split (custom splits: pass --vectors).
 Training images are read from --train-images (default DIR/train2014), test images
-from --val-images (default DIR/val2014); split.json records both.
+from --val-images (default DIR/val2014); split.json records both. Prints the
+counts and the next commands (make_tfds.py, train.py) for the folder it wrote.
 """
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zsi_jax import cli  # noqa: E402
 from zsi_jax.data import splits  # noqa: E402
 from zsi_jax.jsonio import read_json  # noqa: E402
 
@@ -35,6 +38,14 @@ def main(argv=None):
   a = p.parse_args(argv)
   name, seen, unseen = splits.get_split(a.split)
   out = a.out or os.path.join(a.coco_root, f'zsi_{name}')
+  # Checked before anything is read or written.
+  vec_src = a.vectors or os.path.join(ASSETS, f'word_w2v_withbg_{name}.txt')
+  if not os.path.exists(vec_src):
+    raise FileNotFoundError(
+        f'{a.vectors or a.split}: no class-vector file' + (
+            '' if a.vectors else f' ships for split {name!r}; make one with python '
+            f'data_prep/make_word_vectors.py --vectors GoogleNews-vectors-negative300.bin '
+            f'--classes {a.split} --out {name}_vectors.txt and pass --vectors {name}_vectors.txt'))
   train = read_json(os.path.join(a.coco_root, a.train_json), 'COCO annotation file')
   val = read_json(os.path.join(a.coco_root, a.val_json), 'COCO annotation file')
   tr, zsi, gzsi, counts = splits.make_zero_shot_splits(train, val, seen, unseen,
@@ -43,9 +54,6 @@ def main(argv=None):
   for fname, d in (('train', tr), ('test_zsi', zsi), ('test_gzsi', gzsi)):
     with open(os.path.join(out, 'annotations', f'{fname}.json'), 'w') as f:
       json.dump(d, f)
-  vec_src = a.vectors or os.path.join(ASSETS, f'word_w2v_withbg_{name}.txt')
-  if not os.path.exists(vec_src):
-    raise FileNotFoundError(f'no class-vector file for split {name!r}: pass --vectors')
   shutil.copy(vec_src, os.path.join(out, 'class_vectors.txt'))
   cat_ids = {c['name']: c['id'] for c in gzsi['categories']}
   with open(os.path.join(out, 'split.json'), 'w') as f:
@@ -56,8 +64,15 @@ def main(argv=None):
               f, indent=1)
   for k, v in counts.items():
     print(f'{k}: {v}')
+  # The built-in splits have their config; a custom split trains with the 65/15 recipe.
+  config = f'configs/coco_{name}.py' if name in splits.BUILTIN else 'configs/coco_65_15.py'
+  root, tfds_dir = shlex.quote(out), shlex.quote(out + '_tfds')
+  print(f'wrote {out}; next:\n'
+        f'  python data_prep/make_tfds.py --root {root} --out {tfds_dir}\n'
+        f'  python train.py --config {config} --workdir runs/coco_{name} '
+        f'--config.data.root={root} --config.data.tfds_dir={tfds_dir}')
   return counts
 
 
 if __name__ == '__main__':
-  main()
+  cli.main(lambda _: main())(None)

@@ -1,5 +1,6 @@
 """The config's input pipeline: threads and grain give the same batches through
 train.py's and eval.py's own data path; grain's mistakes are named."""
+import shlex
 import subprocess
 import sys
 
@@ -83,9 +84,21 @@ def test_grain_mistakes_are_named(data, tmp_path):
   seen = info.cat_ids(info.seen)
   with pytest.raises(ValueError, match='needs config.data.tfds_dir; build it with'):
     split_loader(_config(root, 'grain'), info, 'train', seen, train=True)
-  with pytest.raises(FileNotFoundError, match=r"no split 'val'; build it with .*make_tfds.py"):
-    only_train = str(tmp_path / 't')
-    tfds_coco.build(root, ['train'], only_train)
+  only_train = str(tmp_path / 't')
+  tfds_coco.build(root, ['train'], only_train)
+  with pytest.raises(FileNotFoundError,
+                     match=r"no split 'val'; rebuild it with .*make_tfds.py") as e:
     split_loader(_config(root, 'grain', only_train), info, 'val', seen, train=False)
+  # The hint is a command that runs as printed: it rebuilds the dataset with every split.
+  hint = shlex.split(str(e.value).split('rebuild it with ', 1)[1])
+  assert hint[0] == 'python' and hint[-1] == '--overwrite'
+  # Without --overwrite the existing dataset is kept, and the error says so.
+  r = subprocess.run([sys.executable] + hint[1:-1], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 1 and r.stderr.startswith(
+      f'error: {only_train} holds a dataset of splits train without val, test_zsi, test_gzsi: '
+      'add --overwrite'), r.stderr[-2000:]
+  r = subprocess.run([sys.executable] + hint[1:], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert tfds_coco.split_metadata(only_train, 'val')['cat_ids'] == seen
   with pytest.raises(ValueError, match="split 'train' was built for category ids"):
     split_loader(_config(root, 'grain', out), info, 'train', seen[::-1], train=True)

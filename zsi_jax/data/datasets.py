@@ -76,12 +76,22 @@ def read_vector_file(path: str, num_classes: int):
   return mat[:, 1:].T.astype(np.float32), mat[:, 0].astype(np.float32)
 
 
+def _make_hint(root: str) -> str:
+  """The command that writes a dataset at ``root``: a COCO split for a root named
+  like one (``zsi_65_15``, as in the COCO configs), else ZSI-Shapes."""
+  split = storage.basename(root.rstrip('/'))[len('zsi_'):]
+  if split in ('48_17', '65_15'):
+    return (f'python data_prep/make_coco_splits.py --coco-root COCO --split {split} --out {root} '
+            '(COCO: the folder holding annotations/instances_train2014.json, train2014/ and '
+            'val2014/)')
+  return f'python data_prep/make_shapes.py --out {root}'
+
+
 def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
   """Reads ``root/split.json`` and the chosen vector file."""
   path = storage.join(root, 'split.json')
   if not storage.exists(path):
-    raise FileNotFoundError(f'{path} not found: generate the dataset first '
-                            f'(python data_prep/make_shapes.py --out {root})')
+    raise FileNotFoundError(f'{path} not found: make the dataset first: {_make_hint(root)}')
   split = read_json(path)
   for key in ('seen', 'unseen', 'category_ids'):
     if key not in split:

@@ -66,17 +66,23 @@ def _tfds_source(tfds_dir: str, split: str, info, cat_ids):
   """The TFDS split, checked to hold the dataset's classes in the same order."""
   if not tfds_dir:
     raise ValueError("config.data.pipeline='grain' needs config.data.tfds_dir; build it with "
-                     f'python data_prep/make_tfds.py --root {info.root} --out TFDS_DIR')
+                     f'python data_prep/make_tfds.py --root {info.root} --out {info.root}_tfds '
+                     f'and add --config.data.tfds_dir={info.root}_tfds')
   try:
     meta = tfds_coco.split_metadata(tfds_dir, split)
-  except (FileNotFoundError, KeyError):
+  except FileNotFoundError:    # no dataset there yet
     raise FileNotFoundError(f'config.data.tfds_dir={tfds_dir}: no split {split!r}; build it with '
                             f'python data_prep/make_tfds.py --root {info.root} --out {tfds_dir}'
                             ) from None
+  except KeyError:             # a dataset built without this split: rebuild it whole
+    raise FileNotFoundError(f'config.data.tfds_dir={tfds_dir}: no split {split!r}; rebuild it with '
+                            f'python data_prep/make_tfds.py --root {info.root} --out {tfds_dir} '
+                            '--overwrite') from None
   if [int(c) for c in meta['cat_ids']] != [int(c) for c in cat_ids]:
     raise ValueError(f'config.data.tfds_dir={tfds_dir}: split {split!r} was built for category '
                      f'ids {meta["cat_ids"]}, the dataset at {info.root} has {list(cat_ids)}; '
-                     'rebuild it with data_prep/make_tfds.py')
+                     f'rebuild it with python data_prep/make_tfds.py --root {info.root} '
+                     f'--out {tfds_dir} --overwrite')
   logger.info('%s: %d images from %s; skipped annotations: %s', split, meta['images'], tfds_dir,
               meta['skipped'])
   return tfds_coco.load_source(tfds_dir, split)
