@@ -1,11 +1,13 @@
 """A Google Cloud Storage emulator on 127.0.0.1 (the gcp-storage-emulator package),
 for rehearsing bucket workdirs without a cloud account.
 
-Two behaviours of GCS that the package lacks and that orbax's OCDBT
+Three behaviours of GCS that the package lacks and that orbax's OCDBT
 checkpoints rely on (through tensorstore) are added here: a download names
-the object's generation in the ``x-goog-generation`` header, and an upload
-with ``ifGenerationMatch`` is refused (412) unless the object's generation
-matches (0: the object must not exist).
+the object's generation in the ``x-goog-generation`` header; an upload with
+``ifGenerationMatch`` is refused (412) unless the object's generation matches
+(0: the object must not exist); and connections are served side by side (the
+package serves one at a time, so a client's idle connection stalls every
+other), with the requests themselves still handled one at a time.
 
     with Emulator(bucket='zsi') as gcs:
       env = dict(os.environ, **gcs.env)   # gcsfs (so etils.epath) and orbax use it
@@ -82,11 +84,20 @@ class Emulator:
 
 def serve(port: int, bucket: str):
   """Runs the emulator in this process, with the GCS behaviours described above."""
+  import http.server
+
   from gcp_storage_emulator import server
   from gcp_storage_emulator.exceptions import NotFound
   from gcp_storage_emulator.handlers import objects
   download, insert = objects.download, objects.insert
   uploads = threading.Lock()
+  http.server.HTTPServer = http.server.ThreadingHTTPServer
+  handle, one_at_a_time = server.Router.handle, threading.Lock()
+
+  def handle_alone(router, method):
+    with one_at_a_time:
+      return handle(router, method)
+  server.Router.handle = handle_alone
 
   def generation(storage, bucket_name, object_id) -> str:
     try:

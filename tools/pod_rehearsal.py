@@ -7,13 +7,14 @@ python tools/pod_rehearsal.py [--bucket gs://BUCKET/PREFIX] [--report FILE]
    built into the bucket (data_prep/make_tfds.py --out gs://...).
 2. Two processes x two CPU devices (jax.distributed over 127.0.0.1, grain
    with a worker process each) train into a gs:// workdir without
-   interruption: the reference.
+   interruption, with a distributed seen-class evaluation every 6 steps:
+   the reference.
 3. The same run again; once it is a few steps in, one process alone gets
    SIGTERM (a preemption notice). Both must stop after the same step, save
    that step's checkpoint, print the preemption line and exit with 143,
    leaving no process (grain workers included) behind.
 4. Both are started again with the same command and finish; the final
-   parameters must equal the reference's bit for bit.
+   parameters and the periodic evaluations must equal the reference's.
 5. eval.py --distributed (both processes) scores ZSI and GZSI; the metrics
    must equal a one-process evaluation's exactly.
 
@@ -43,6 +44,7 @@ from tools.gcs_emulator import Emulator, free_port  # noqa: E402
 STEPS = 12                # 3 epochs of 8 images at batch 2 (4 steps per epoch)
 CHECKPOINT_EVERY = 8      # the preemption lands between checkpoints
 SIGNAL_AFTER_STEP = 2     # SIGTERM once process 0 reports this step
+EVAL_EVERY = 6            # periodic evaluation, distributed over both processes
 
 
 class Process:
@@ -88,6 +90,13 @@ def launch(script: str, flags: List[str], env: Dict[str, str], n: int = 2) -> Li
   return [Process([sys.executable, script] + flags +
                   ['--distributed', f'--coordinator_address=127.0.0.1:{port}',
                    f'--num_processes={n}', f'--process_id={i}'], env) for i in range(n)]
+
+
+def periodic_evals(workdir: str) -> Dict[int, dict]:
+  """step -> the eval/* scalars that process 0 logged in metrics.jsonl."""
+  from zsi_jax.training.metrics import read_metrics
+  return {m['step']: {k: v for k, v in m.items() if k.startswith('eval/')}
+          for m in read_metrics(workdir) if any(k.startswith('eval/') for k in m)}
 
 
 def params(workdir: str, step: int):
@@ -151,7 +160,8 @@ def rehearse(bucket: str) -> dict:
            '--config.data.pipeline=grain', f'--config.data.tfds_dir={tfds_dir}',
            '--config.data.workers=1', '--config.data.batch_size=4',
            f'--config.total_steps={STEPS}', f'--config.checkpoint_every={CHECKPOINT_EVERY}',
-           '--config.keep_checkpoints=10']
+           '--config.keep_checkpoints=10', f'--config.eval_every={EVAL_EVERY}',
+           '--config.eval_images=2']
   straight, run = f'{bucket}/straight', f'{bucket}/run'
 
   # 2. The reference: no interruption.
@@ -192,6 +202,11 @@ def rehearse(bucket: str) -> dict:
     checks['resumed parameters equal the uninterrupted run bit for bit'] = all(
         np.array_equal(np.asarray(x), np.asarray(y))
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    evals = [periodic_evals(w) for w in (straight, run)]
+    facts['periodic_eval_steps'] = sorted(evals[0])
+    checks['periodic evaluation on both processes, equal after the restart'] = (
+        sorted(evals[0]) == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY)) and
+        evals[0] == evals[1])
 
   # 5. Evaluation: one process on one device, then two processes x two devices.
   ev = ['eval.py', '--workdir', run, '--split', 'zsi,gzsi', '--batch_per_device', '1']

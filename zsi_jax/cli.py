@@ -151,7 +151,11 @@ def log_to_file(log_file: str):
   """Everything logged at INFO and up also goes to ``log_file`` (folder created;
   in a bucket, uploaded every 30 s and at exit)."""
   if storage.is_url(log_file):
-    handler = storage.UploadingLogHandler(log_file)   # closed by logging at exit
+    handler = storage.UploadingLogHandler(log_file)
+    # Uploaded for the last time at exit, before the storage clients shut down
+    # (logging's own shutdown would come after theirs).
+    import atexit
+    atexit.register(handler.close)
   else:
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     handler = logging.FileHandler(log_file)

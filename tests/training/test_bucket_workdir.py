@@ -151,15 +151,20 @@ def test_second_run_on_a_held_workdir_fails_naming_the_holder(gcs, tmp_path):
   storage.write_text(f'{workdir}/RUNNING.json', json.dumps(dict(
       host=socket.gethostname(), pid=os.getpid(), token='x', started=time.time(),
       heartbeat=time.time())))
+  data = str(tmp_path / 'shapes')
+  shapes.generate(data, shapes.ShapesConfig(image_size=64, num_train=2, num_val=1, num_test=1,
+                                            min_radius=8, max_radius=14, vector_dim=16),
+                  log=lambda *_: None)
   env = dict(os.environ, **gcs.env, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   r = subprocess.run([sys.executable, 'train.py', '--config', 'configs/tiny.py', '--workdir',
-                      workdir, '--config.data.root=/nonexistent'], cwd=ROOT, env=env,
+                      workdir, f'--config.data.root={data}'], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=300)
   errors = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
   assert r.returncode == 1 and len(errors) == 1, r.stderr[-2000:]
   assert f'{workdir} is in use by another training run' in errors[0]
   assert f'pid {os.getpid()}' in errors[0] and socket.gethostname() in errors[0]
   assert storage.listdir(workdir) == ['RUNNING.json']   # nothing else written
+  assert 'train:' not in r.stderr                      # no step ran
 
 
 @pytest.mark.parametrize('case', ['no_bucket', 'unreachable', 'not_writable'])

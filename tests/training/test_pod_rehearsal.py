@@ -23,10 +23,11 @@ def test_pod_rehearsal(tmp_path):
   result = json.loads(report.read_text())
   failed = [name for name, ok in result['checks'].items() if not ok]
   assert not failed and r.returncode == 0, (failed, r.stdout[-5000:])
-  assert len(result['checks']) == 10
+  assert len(result['checks']) == 11
   facts = result['facts']
   step = facts['preempted_at_steps'][0]
   # The preemption's checkpoint, and the periodic one (every 8 steps) if it was reached.
   assert facts['checkpoints_after'] == sorted({step} | ({8} if step >= 8 else set()))
   assert facts['images'] == {'zsi': 4, 'gzsi': 4}
+  assert facts['periodic_eval_steps'] == [6, 12]
   print(r.stdout)   # the report, for -s
