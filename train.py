@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from zsi_jax import cli, config_check, storage
 from zsi_jax.data import datasets
-from zsi_jax.training import loop
+from zsi_jax.training import loop, workdir_lock
 
 logger = logging.getLogger('zsi_jax.train')
 
@@ -32,9 +32,10 @@ def main(_):
   import jax
   # A misspelt bucket, missing credentials or a read-only path: one line, now.
   storage.check_writable(FLAGS.workdir, 'workdir')
-  if jax.process_index() == 0:
-    cli.log_to_file(storage.join(FLAGS.workdir, 'train.log'))
-  run(FLAGS.config, FLAGS.workdir)
+  with workdir_lock.hold(FLAGS.workdir):   # before anything is written there
+    if jax.process_index() == 0:
+      cli.log_to_file(storage.join(FLAGS.workdir, 'train.log'))
+    run(FLAGS.config, FLAGS.workdir)
 
 
 def run(config, workdir, hooks=()):

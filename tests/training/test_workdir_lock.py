@@ -82,3 +82,13 @@ def test_two_runs_starting_together_one_wins(where, tmp_path, request):
   for lock in locks:
     lock.release()
   assert sorted(outcome) == ['held', 'refused']
+
+
+def test_holding_again_in_the_same_process_is_a_no_op(tmp_path):
+  from zsi_jax.training import workdir_lock
+  with workdir_lock.hold(str(tmp_path)) as outer:
+    token = json.loads((tmp_path / LOCK_FILE).read_text())['token']
+    with workdir_lock.hold(str(tmp_path)):          # the training loop inside train.py
+      pass
+    assert json.loads((tmp_path / LOCK_FILE).read_text())['token'] == token == outer.token
+  assert not (tmp_path / LOCK_FILE).exists()

@@ -156,8 +156,9 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
         bar.set_postfix(loss=f"{m['total']:.3f}", lr=f"{scalars['learning_rate']:.4f}")
       bar.update(1)
       data_state = dict(next_step=done, **(data_order or {}))
-      ckpt_lib.save(manager, done, state, config.checkpoint_every, data_state=data_state,
-                    force=done == total_steps)
+      if ckpt_lib.save(manager, done, state, config.checkpoint_every, data_state=data_state,
+                       force=done == total_steps):
+        writer.flush()  # the logs hold every step up to the newest checkpoint, even in a bucket
       for hook in hooks:
         hook(done, state, manager, local)
       if eval_fn is not None and config.eval_every and done % config.eval_every == 0:

@@ -13,6 +13,8 @@ Taking the lock is an exclusive create where the store has one (a local
 file opened with O_EXCL; a GCS object written with if-generation-match 0),
 then read back to check the token, so of two runs that start together one
 fails. Multi-host runs take it on process 0; the others learn the outcome.
+Holding a workdir that this process already holds is a no-op (train.py takes
+it before it writes its log; the training loop takes it again).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from zsi_jax import storage
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = 'RUNNING.json'
+_HELD = set()          # lock paths this process holds
 
 
 class WorkdirHeld(OSError):
@@ -126,6 +129,7 @@ class WorkdirLock:
                         else f'{self.workdir} was taken by another run just now')
     self._thread = threading.Thread(target=self._beat, name='workdir-lock', daemon=True)
     self._thread.start()
+    _HELD.add(self.path)
 
   def _beat(self):
     while not self._stop.wait(self.heartbeat):
@@ -145,6 +149,7 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join()
       self._thread = None
+      _HELD.discard(self.path)
       try:
         if (self._read() or {}).get('token') == self.token:
           storage.remove(self.path)
@@ -185,8 +190,12 @@ def hold(workdir: str, stale_after: float = 120.0):
   Process 0 takes the lock; all processes then learn whether it succeeded, so
   none of them starts training on a held workdir. Returns a context manager.
   """
+  import contextlib
+
   import jax
   lock = WorkdirLock(workdir, heartbeat=min(30.0, stale_after / 4), stale_after=stale_after)
+  if lock.path in _HELD:
+    return contextlib.nullcontext()
   if jax.process_count() == 1:
     return lock
   return _MultiProcessHold(lock)
@@ -212,10 +221,12 @@ class _MultiProcessHold:
     if not int(ok):
       raise WorkdirHeld(f'{self.lock.workdir}: process 0 could not take the workdir lock '
                         '(its output says why)')
+    _HELD.add(self.lock.path)
     return self
 
   def __exit__(self, *exc):
     import jax
     if jax.process_index() == 0:
       self.lock.release()
+    _HELD.discard(self.lock.path)
     return False
