@@ -22,6 +22,7 @@ import argparse
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http import HTTPStatus
@@ -48,15 +49,19 @@ class Emulator:
     self.env: Dict[str, str] = dict(STORAGE_EMULATOR_HOST=self.url,
                                     TENSORSTORE_GCS_HTTP_URL=self.url)
     self._proc: Optional[subprocess.Popen] = None
+    self._log = None
 
   def start(self):
+    # Its log goes to a file: a pipe nobody reads fills up and stalls the server.
+    self._log = tempfile.TemporaryFile(mode='w+')
     self._proc = subprocess.Popen(
         [sys.executable, __file__, '--serve', '--port', str(self.port), '--bucket', self.bucket],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL, stderr=self._log, text=True)
     deadline = time.time() + 30
     while time.time() < deadline:
       if self._proc.poll() is not None:
-        raise RuntimeError(f'the GCS emulator exited: {self._proc.stderr.read()[-500:]}')
+        self._log.seek(0)
+        raise RuntimeError(f'the GCS emulator exited: {self._log.read()[-500:]}')
       try:
         with socket.create_connection(('127.0.0.1', self.port), timeout=1):
           return self
@@ -73,6 +78,9 @@ class Emulator:
       except subprocess.TimeoutExpired:
         self._proc.kill()
     self._proc = None
+    if self._log is not None:
+      self._log.close()
+      self._log = None
 
   def __enter__(self):
     return self.start()

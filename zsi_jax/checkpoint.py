@@ -151,8 +151,24 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any):
   return restored['default'], step, restored.get('data')
 
 
+def _restore_here(item_dir: str):
+  """Restore args that put every array of the checkpoint item at ``item_dir`` on
+  this process's first device, whatever topology wrote it: a checkpoint of a
+  pod slice or a multi-GPU run restores in one process (eval.py, a notebook)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    meta = checkpointer.metadata(item_dir).item_metadata
+  if meta is None:
+    return ocp.args.StandardRestore()
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here) if hasattr(m, 'shape')
+      else m, meta.tree)
+  return ocp.args.StandardRestore(target)
+
+
 def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[str, Any], int]:
-  """Model variables (params + other collections) of a checkpoint, without the optimiser.
+  """Model variables (params + other collections) of a checkpoint, without the optimiser,
+  on this process's first device.
 
   ``step`` defaults to the newest good checkpoint (damaged newer ones are
   reported and skipped, not moved). Returns (variables, step).
@@ -165,7 +181,7 @@ def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[Dict[st
     steps = available_steps(manager)
     if not steps:
       raise FileNotFoundError(f'no checkpoint in {folder}')
-    args = ocp.args.StandardRestore()
+    args = lambda folder: _restore_here(storage.join(folder, 'default'))  # noqa: E731
     if step is None:
       state, step = _newest_good(manager, args, set_aside=False)
     elif step not in steps:
