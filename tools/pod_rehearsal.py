@@ -15,8 +15,9 @@ python tools/pod_rehearsal.py [--bucket gs://BUCKET/PREFIX] [--report FILE]
    leaving no process (grain workers included) behind.
 4. Both are started again with the same command and finish; the final
    parameters and the periodic evaluations must equal the reference's.
-5. eval.py --distributed (both processes) scores ZSI and GZSI; the metrics
-   must equal a one-process evaluation's exactly.
+5. eval.py --distributed (both processes) scores ZSI and GZSI; the
+   detections and metrics must equal a one-process evaluation's exactly (the
+   score threshold is 0, so an untrained model's detections count too).
 
 Without --bucket a GCS emulator is started on 127.0.0.1 (tools/gcs_emulator.py).
 Prints a short report (and writes it as JSON with --report); exits 1 if any
@@ -161,7 +162,7 @@ def rehearse(bucket: str) -> dict:
            '--config.data.workers=1', '--config.data.batch_size=4',
            f'--config.total_steps={STEPS}', f'--config.checkpoint_every={CHECKPOINT_EVERY}',
            '--config.keep_checkpoints=10', f'--config.eval_every={EVAL_EVERY}',
-           '--config.eval_images=2']
+           '--config.eval_images=2', '--config.model.test.score_threshold=0.0']
   straight, run = f'{bucket}/straight', f'{bucket}/run'
 
   # 2. The reference: no interruption.
@@ -211,22 +212,28 @@ def rehearse(bucket: str) -> dict:
   # 5. Evaluation: one process on one device, then two processes x two devices.
   ev = ['eval.py', '--workdir', run, '--split', 'zsi,gzsi', '--batch_per_device', '1']
   single_env = dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  def outputs():
+    return {s: (json.loads(storage.read_text(f'{run}/eval/{s}_metrics.json')),
+                json.loads(storage.read_text(f'{run}/eval/{s}_results.json')))
+            for s in ('zsi', 'gzsi')}
   r = subprocess.run([sys.executable] + ev, cwd=ROOT, env=single_env, capture_output=True,
                      text=True)
-  single = {s: json.loads(storage.read_text(f'{run}/eval/{s}_metrics.json'))
-            for s in ('zsi', 'gzsi')} if r.returncode == 0 else {}
+  single = outputs() if r.returncode == 0 else {}
   procs = launch(ev[0], ev[1:], env)
   codes = [q.wait() for q in procs]
-  multi = {s: json.loads(storage.read_text(f'{run}/eval/{s}_metrics.json'))
-           for s in ('zsi', 'gzsi')} if codes == [0, 0] else {}
+  multi = outputs() if codes == [0, 0] else {}
   checks['distributed evaluation runs'] = bool(single) and bool(multi)
   strip = lambda m: {k: v for k, v in m.items() if not k.startswith('seconds')}
-  checks['distributed metrics equal one process exactly'] = bool(single) and all(
-      strip(single[s]) == strip(multi[s]) for s in single)
+  checks['distributed detections and metrics equal one process exactly'] = (
+      bool(single) and bool(multi) and all(
+          strip(single[s][0]) == strip(multi[s][0]) and single[s][1] == multi[s][1]
+          for s in single))
+  multi = {s: m for s, (m, _) in multi.items()}
   facts['metrics'] = {s: {kind: {k: round(100 * multi[s][kind][k], 2)
                                  for k in ('recall@100_iou0.5', 'map@0.5')}
                           for kind in ('box', 'mask')} for s in multi}
   facts['images'] = {s: multi[s]['images'] for s in multi}
+  facts['detections'] = {s: multi[s]['detections'] for s in multi}
   return dict(checks=checks, facts=facts, seconds=round(time.time() - t0, 1), bucket=bucket)
 
 
@@ -240,12 +247,13 @@ def format_report(report: dict) -> str:
     lines.append(f'  SIGTERM to process 1 after process 0 showed step {f["sigterm_sent_after_step"]}'
                  f'; stopped at steps {f["preempted_at_steps"]}, exit codes '
                  f'{f["preempted_exit_codes"]}; checkpoints then: {f["checkpoints_after"]}')
+  equal = report['checks'].get('distributed detections and metrics equal one process exactly')
   for s, m in f.get('metrics', {}).items():
-    lines.append(f'  {s.upper()} ({f["images"][s]} images): box R@0.5 '
-                 f'{m["box"]["recall@100_iou0.5"]:.1f} mAP {m["box"]["map@0.5"]:.1f}; mask R@0.5 '
-                 f'{m["mask"]["recall@100_iou0.5"]:.1f} mAP {m["mask"]["map@0.5"]:.1f} '
-                 '(equal on 1 and 2 processes)' if report['checks'].get(
-                     'distributed metrics equal one process exactly') else '')
+    box, mask = m['box'], m['mask']
+    lines.append(f'  {s.upper()} ({f["images"][s]} images, {f["detections"][s]} detections): '
+                 f'box R@0.5 {box["recall@100_iou0.5"]:.1f} mAP {box["map@0.5"]:.1f}; mask R@0.5 '
+                 f'{mask["recall@100_iou0.5"]:.1f} mAP {mask["map@0.5"]:.1f}'
+                 + (' (equal on 1 and 2 processes)' if equal else ''))
   for k in ('make_tfds', 'straight_output'):
     if k in f:
       lines.append(f[k])

@@ -30,4 +30,5 @@ def test_pod_rehearsal(tmp_path):
   assert facts['checkpoints_after'] == sorted({step} | ({8} if step >= 8 else set()))
   assert facts['images'] == {'zsi': 4, 'gzsi': 4}
   assert facts['periodic_eval_steps'] == [6, 12]
+  assert min(facts['detections'].values()) > 0   # the equality compares real detections
   print(r.stdout)   # the report, for -s
