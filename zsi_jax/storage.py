@@ -31,7 +31,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Union
 
 import fsspec
 

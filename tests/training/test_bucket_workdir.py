@@ -89,6 +89,10 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(bucket_run):
   out = bucket_run['out']
   assert out['straight'][0] == 0, out['straight'][1][-3000:]
   assert out['killed'][0] == -signal.SIGKILL, out['killed'][1][-3000:]
+  # The input pipeline's state is saved with every checkpoint and compared on resuming.
+  data_state = json.loads(storage.read_text(f'{bucket_run["run"]}/checkpoints/4/data/metadata'))
+  assert data_state['next_step'] == 4 and data_state['pipeline'] == 'threads'
+  assert data_state['num_records'] == 8 and data_state['batch_size'] == 2
   # The SIGKILLed run left its workdir lock behind; the resumed run took it
   # over at once (same host, no such process) and was preempted after step 6.
   code, err = out['preempted']
