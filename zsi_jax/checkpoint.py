@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from zsi_jax import config_check, storage
 from zsi_jax.jsonio import read_json
@@ -155,8 +156,7 @@ def _restore_here(item_dir: str):
   """Restore args that put every array of the checkpoint item at ``item_dir`` on
   this process's first device, whatever topology wrote it: a checkpoint of a
   pod slice or a multi-GPU run restores in one process (eval.py, a notebook)."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    meta = checkpointer.metadata(item_dir).item_metadata
+  meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
   if meta is None:
     return ocp.args.StandardRestore()
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
