@@ -60,11 +60,6 @@ def join(base: PathLike, *parts: str) -> str:
   return '/'.join([base.rstrip('/')] + [p.strip('/') for p in parts if p])
 
 
-def dirname(path: PathLike) -> str:
-  path = os.fspath(path)
-  return path.rstrip('/').rsplit('/', 1)[0] if is_url(path) else os.path.dirname(path)
-
-
 def basename(path: PathLike) -> str:
   path = os.fspath(path)
   return path.rstrip('/').rsplit('/', 1)[-1] if is_url(path) else os.path.basename(path)
@@ -235,16 +230,6 @@ def _within(seconds: float, fn):
   if 'error' in outcome:
     raise outcome['error']
   return outcome.get('value')
-
-
-def check_readable(path: PathLike, what: str = 'file'):
-  """Fails in one line naming ``path`` when it does not exist or cannot be reached."""
-  try:
-    found = exists(path)
-  except Exception as e:  # noqa: BLE001
-    raise OSError(f'{what} {path}: cannot be read: {describe_error(e)}') from e
-  if not found:
-    raise FileNotFoundError(f'{what} not found: {path}')
 
 
 def describe_error(error: BaseException) -> str:
