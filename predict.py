@@ -1,13 +1,17 @@
 """Segments images with a trained checkpoint: PNG overlays and a COCO results json.
 
 python predict.py --workdir runs/shapes --input photo.png --classes "red star,blue ring"
+python predict.py --model shapes.zsi --input photo.png --classes "red star,blue ring"
 python predict.py --workdir runs/shapes --input DIR --classes unseen --out DIR_OUT
 python predict.py --workdir runs/shapes --dataset_split test_zsi --num_images 12 \
     --classes unseen --grid docs/figure6_unseen.png
 
+--workdir takes a training workdir (the model is traced and compiled),
+--model a file written by export.py (no model code needed).
 --classes: a comma-separated list of class names, or 'unseen', 'seen', 'all'
-(the training dataset's). Names outside the dataset get vectors from the
-dataset's word-vector file or --word_vectors.
+(the trained class space's). Other names get vectors from the dataset's
+word-vector file (kept in the workdir or model file when small) or
+--word_vectors.
 Writes OUT/<image>.png, OUT/results.json (COCO results: bbox, score, RLE
 segmentation in original pixels), OUT/categories.json, OUT/images.json and
 OUT/predict.log. Images that cannot be read are skipped and listed at the end
@@ -20,9 +24,11 @@ import sys
 from absl import app, flags
 
 from zsi_jax import cli, storage
+from zsi_jax.data import datasets
 from zsi_jax.jsonio import read_json, write_json
 
 flags.DEFINE_string('workdir', None, 'training workdir (config.json + checkpoints/)')
+flags.DEFINE_string('model', None, 'instead of --workdir: a model file written by export.py')
 flags.DEFINE_string('input', '', 'an image file or a folder of images')
 flags.DEFINE_string('dataset_split', '', 'instead of --input: images of this annotation split '
                     'of the training dataset (e.g. test_zsi)')
@@ -33,24 +39,33 @@ flags.DEFINE_float('score_threshold', 0.3, 'drop detections below this score')
 flags.DEFINE_float('seen_calibration', None, 'with seen and unseen classes: lower seen-class '
                    'scores by this gamma in [-1, 1] (default: config model.test.seen_calibration)')
 flags.DEFINE_integer('checkpoint', None, 'step (default: latest)')
-flags.DEFINE_string('out', '', 'output folder (default: WORKDIR/predictions)')
+flags.DEFINE_string('out', '', 'output folder (default: WORKDIR/predictions, or predictions/ '
+                    'beside the --model file)')
 flags.DEFINE_string('grid', '', 'also write all pictures as one grid PNG here')
 flags.DEFINE_integer('picture_scale', 2, 'integer upscaling of the pictures')
-flags.DEFINE_string('data_root', None, 'the training dataset\'s root, if it moved since '
-                    'training (default: the one in the config)')
+flags.DEFINE_string('data_root', None, 'read the class space and --dataset_split from this '
+                    'dataset (default: the workdir\'s classes.json, and the dataset root it '
+                    'records)')
 flags.DEFINE_string('vectors', None, 'class-vector file in the dataset root (default: config)')
 flags.DEFINE_integer('max_classes', None, 'rows of the padded class matrix, i.e. the most '
                      'classes one call can take (default: config or the dataset\'s count)')
-flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+def _beside(path):
+  """The folder holding ``path``."""
+  parent = path.rstrip('/').rsplit('/', 1)
+  return parent[0] if len(parent) == 2 else '.'
 
 
 def list_images(predictor):
   """[(image_id, path)] from --input or --dataset_split."""
   if FLAGS.dataset_split:
     info = predictor.info
+    if FLAGS.data_root:
+      info = datasets.load_dataset(FLAGS.data_root, info.vector_file or 'class_vectors.txt')
     images = read_json(info.annotation_file(FLAGS.dataset_split), 'annotation file')['images']
     folder = info.image_dir(FLAGS.dataset_split)
     items = [(im['id'], storage.join(folder, im['file_name'])) for im in images]
@@ -79,16 +94,30 @@ def main(_):
   from tqdm import tqdm
 
   from zsi_jax import visualize
-  from zsi_jax.inference import Predictor, load_image
+  from zsi_jax.segmenter import load_image
 
-  out_dir = FLAGS.out or storage.join(FLAGS.workdir, 'predictions')
+  if bool(FLAGS.workdir) == bool(FLAGS.model):
+    raise app.UsageError('give either --workdir (a training workdir) or --model (a file '
+                         'written by export.py)')
+  if FLAGS.model:
+    ignored = [f'--{k}' for k in ('checkpoint', 'vectors', 'max_classes')
+               if FLAGS[k].value is not None]
+    if ignored:
+      raise app.UsageError(f'{", ".join(ignored)}: only with --workdir; a --model file fixed '
+                           'these when it was exported (export.py)')
+  out_dir = FLAGS.out or storage.join(FLAGS.workdir or _beside(FLAGS.model), 'predictions')
   cli.setup_logging()
   storage.check_writable(out_dir, 'output folder')
   cli.log_to_file(storage.join(out_dir, 'predict.log'))
-  predictor = Predictor.from_checkpoint(FLAGS.workdir, FLAGS.checkpoint,
-                                        data_root=FLAGS.data_root, vectors=FLAGS.vectors,
-                                        word_vectors=FLAGS.word_vectors or None,
-                                        max_classes=FLAGS.max_classes)
+  if FLAGS.model:
+    from zsi_jax.exported import ExportedModel
+    predictor = ExportedModel.load(FLAGS.model, word_vectors=FLAGS.word_vectors or None)
+  else:
+    from zsi_jax.inference import Predictor
+    predictor = Predictor.from_checkpoint(FLAGS.workdir, FLAGS.checkpoint,
+                                          data_root=FLAGS.data_root, vectors=FLAGS.vectors,
+                                          word_vectors=FLAGS.word_vectors or None,
+                                          max_classes=FLAGS.max_classes)
   info = predictor.info
   classes = resolve_classes(info, FLAGS.classes)
   vectors = predictor.class_vectors(classes)  # fails early on unknown names

@@ -43,6 +43,9 @@ def run(config, workdir, hooks=()):
   # Config mistakes fail here, before any data is read or anything compiled.
   config_check.validate(config)
   info = datasets.load_dataset(config.data.root, config.data.vectors)
+  import jax
+  if jax.process_index() == 0:  # what inference needs of the dataset travels with the workdir
+    datasets.write_class_space(workdir, info)
   loader, data = loop.training_data(config, info)
   return loop.train(config, workdir, data, loader.train_iterator, loader.steps_per_epoch,
                     total_steps=config.total_steps or None,

@@ -171,7 +171,7 @@ def run_jax(args) -> dict:
 
   from configs.coco_common import coco_config
   from zsi_jax.config_check import validate
-  from zsi_jax.modeling.class_space import pad_class_vectors
+  from zsi_jax.data.datasets import pad_class_vectors
   from zsi_jax.ops.postprocess import paste_masks, paste_masks_padded
   from zsi_jax.training.train_step import build_training
 

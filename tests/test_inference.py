@@ -2,8 +2,6 @@
 eval.py and the example notebook; pictures from zsi_jax.visualize."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,33 +12,7 @@ from zsi_jax import visualize
 from zsi_jax.data import datasets, shapes
 from zsi_jax.data import word_vectors as wv_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-
-
-def _run(args, **kw):
-  r = subprocess.run([sys.executable] + args, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                     **kw)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  return r
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny ZSI-Shapes dataset and a 3-step tiny checkpoint trained on it by train.py
-  (with the periodic seen-class evaluation switched on)."""
-  base = tmp_path_factory.mktemp('tiny')
-  data = str(base / 'data')
-  shapes.generate(data, shapes.ShapesConfig(image_size=64, num_train=8, num_val=2, num_test=4,
-                                            min_radius=8, max_radius=14, vector_dim=16),
-                  log=lambda *_: None)
-  workdir = str(base / 'run')
-  r = _run(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
-            f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3',
-            '--config.eval_every=3', '--config.eval_images=2'])
-  with open(os.path.join(workdir, 'console.txt'), 'w') as f:
-    f.write(r.stderr)
-  return data, workdir
+from tests.scripts import ROOT, run_script as _run
 
 
 def test_console_shows_progress_and_the_log_file_the_rest(trained):

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zsi_jax.modeling.class_space import INVALID_LOGIT, ClassSpace, pad_class_vectors
+from zsi_jax.data.datasets import pad_class_vectors
+from zsi_jax.modeling.class_space import INVALID_LOGIT, ClassSpace
 
 D, K_MAX = 16, 6
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 import numpy as np
 
 from zsi_jax import storage
-from zsi_jax.jsonio import read_json
+from zsi_jax.jsonio import read_json, write_json
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ class DatasetInfo:
   # A gensim-loadable word-vector file that gives any class name a vector
   # (ZSI-Shapes writes its per-word vectors); None when the dataset has none.
   word_vectors: Optional[str] = None
+  vector_file: str = 'class_vectors.txt'   # the class-vector file inside root
 
   @property
   def names(self):
@@ -57,6 +58,27 @@ class DatasetInfo:
       key = 'train' if split == 'train' else 'test'
       return storage.join(self.root, self.image_dirs[key])
     return storage.join(self.root, 'images')
+
+
+def pad_class_vectors(vectors, k_max: int):
+  """[K, D] -> ([k_max, D] float32, [k_max] bool).
+
+  K > k_max, a shape other than [K, D] and non-finite values are errors that
+  name what is wrong (a NaN in one vector would otherwise silence every class).
+  """
+  vectors = np.asarray(vectors, np.float32)
+  if vectors.ndim != 2:
+    raise ValueError(f'class vectors must be a [K, D] matrix, got shape {vectors.shape}')
+  bad = np.flatnonzero(~np.all(np.isfinite(vectors), axis=1))
+  if bad.size:
+    raise ValueError(f'class vectors {bad.tolist()} (0-based rows) contain NaN or inf')
+  k, d = vectors.shape
+  if k > k_max:
+    raise ValueError(f'{k} classes but room for max_classes={k_max}: raise max_classes '
+                     '(config.data.max_classes; predict.py --max_classes)')
+  out = np.zeros((k_max, d), np.float32)
+  out[:k] = vectors
+  return out, np.arange(k_max) < k
 
 
 def read_vector_file(path: str, num_classes: int):
@@ -111,4 +133,103 @@ def load_dataset(root: str, vectors: str = 'class_vectors.txt') -> DatasetInfo:
                      category_ids=split['category_ids'], vectors=vecs, background=bg,
                      image_dirs=split.get('image_dirs', {}),
                      word_vectors=(storage.join(root, split['word_vectors'])
-                                   if split.get('word_vectors') else None))
+                                   if split.get('word_vectors') else None),
+                     vector_file=vectors)
+
+
+# ---------------------------------------------------------------------------
+# The class space of a trained model, kept in its workdir (and in exported
+# models): what inference needs of the dataset, so a workdir segments images
+# with the dataset gone. Evaluation still reads the dataset (ground truth).
+CLASSES_FILE = 'classes.json'
+CLASSES_FORMAT = 'zsi_jax.classes'
+CLASSES_VERSION = 1
+# Word-vector files up to this size are copied into the workdir, so names
+# outside the class list work there too (ZSI-Shapes'; not GoogleNews').
+WORD_VECTORS_COPY_BYTES = 64 << 20
+
+
+def class_space_record(info: DatasetInfo, word_vectors: Optional[str] = None) -> dict:
+  """The JSON record of ``info``'s class space (``word_vectors``: the path to record)."""
+  norms = np.linalg.norm(info.vectors, axis=1)
+  return dict(format=CLASSES_FORMAT, version=CLASSES_VERSION, dataset_root=info.root,
+              vector_file=info.vector_file, word_vectors=word_vectors,
+              seen=list(info.seen), unseen=list(info.unseen),
+              category_ids={n: int(info.category_ids[n]) for n in info.names},
+              dim=int(info.vectors.shape[1]), norm=float(norms.mean()) if norms.size else 0.0,
+              vectors=[[float(x) for x in row] for row in info.vectors],
+              background=[float(x) for x in info.background])
+
+
+def class_space_from_record(record: dict, where: str, base: str = '') -> DatasetInfo:
+  """A validated record -> DatasetInfo (``where`` names it in errors; a relative
+  ``word_vectors`` path is taken inside ``base``)."""
+  if not isinstance(record, dict) or record.get('format') != CLASSES_FORMAT:
+    raise ValueError(f'{where}: not a zsi_jax class-space record')
+  if record.get('version') != CLASSES_VERSION:
+    raise ValueError(f'{where}: class-space version {record.get("version")!r}; this zsi_jax '
+                     f'reads version {CLASSES_VERSION}')
+  missing = [k for k in ('seen', 'unseen', 'category_ids', 'dim', 'vectors', 'background')
+             if k not in record]
+  if missing:
+    raise ValueError(f'{where}: missing {missing}')
+  names = list(record['seen']) + list(record['unseen'])
+  if len(set(names)) != len(names):
+    raise ValueError(f'{where}: class names repeat')
+  dim = int(record['dim'])
+  try:
+    vecs = np.asarray(record['vectors'], np.float32).reshape(len(names), dim)
+    bg = np.asarray(record['background'], np.float32).reshape(dim)
+  except ValueError:
+    raise ValueError(f'{where}: expected {len(names)} class vectors and a background vector '
+                     f'of dimension {dim}') from None
+  if not (np.all(np.isfinite(vecs)) and np.all(np.isfinite(bg))):
+    raise ValueError(f'{where}: class vectors contain NaN or inf')
+  no_id = [n for n in names if n not in record['category_ids']]
+  if no_id:
+    raise ValueError(f'{where}: no category id for {no_id}')
+  wv = record.get('word_vectors')
+  if wv and not storage.is_url(wv) and not wv.startswith('/'):
+    wv = storage.join(base, wv)
+  return DatasetInfo(root=record.get('dataset_root') or '', seen=list(record['seen']),
+                     unseen=list(record['unseen']), category_ids=dict(record['category_ids']),
+                     vectors=vecs, background=bg, word_vectors=wv or None,
+                     vector_file=record.get('vector_file') or '')
+
+
+def write_class_space(workdir: str, info: DatasetInfo) -> str:
+  """Writes ``WORKDIR/classes.json`` (and a copy of a small word-vector file).
+
+  A workdir holds one class space: if it has another one already, a
+  ValueError says what differs and nothing is written.
+  """
+  path = storage.join(workdir, CLASSES_FILE)
+  if storage.exists(path):
+    saved = class_space_from_record(read_json(path), path, workdir)
+    differs = [k for k, a, b in (
+        ('seen classes', saved.seen, info.seen), ('unseen classes', saved.unseen, info.unseen),
+        ('class vectors', saved.vectors.tolist(), info.vectors.tolist()),
+        ('background vector', saved.background.tolist(), info.background.tolist()))
+        if a != b]
+    if differs:
+      raise ValueError(f'{path} holds other {" and ".join(differs)} than '
+                       f'{storage.join(info.root, info.vector_file)}: a workdir trains one class '
+                       'space; use a new --workdir (or the dataset and vectors it was trained on)')
+    return path
+  word_vectors = info.word_vectors
+  if word_vectors and storage.exists(word_vectors) and \
+     storage.size(word_vectors) <= WORD_VECTORS_COPY_BYTES:
+    local = storage.join('word_vectors', storage.basename(word_vectors))
+    storage.write_bytes(storage.join(workdir, local), storage.read_bytes(word_vectors))
+    word_vectors = local
+  write_json(path, class_space_record(info, word_vectors))
+  return path
+
+
+def read_class_space(workdir: str) -> Optional[DatasetInfo]:
+  """The class space saved in ``workdir``, or None for a workdir written before
+  zsi_jax kept one (then the dataset itself is the source)."""
+  path = storage.join(workdir, CLASSES_FILE)
+  if not storage.exists(path):
+    return None
+  return class_space_from_record(read_json(path, 'class-space file'), path, workdir)

@@ -126,12 +126,18 @@ def prepare_image(img: np.ndarray, image_size: Tuple[int, int], scale: Tuple[int
                   flip: bool = False):
   """[H, W, 3] uint8 -> keep-ratio resized, (flipped,) normalised, padded image.
 
+  The resize follows ``scale`` (see ``resize_scale``), shrunk further to fit
+  ``image_size`` when those limits exceed it.
+
   Returns:
     (canvas [image_size..., 3] float32, (nh, nw) size of the image inside the
     padding, scale factor s with input = original * s).
   """
   h, w = img.shape[:2]
   s = resize_scale(h, w, scale)
+  if round(h * s) > image_size[0] or round(w * s) > image_size[1]:
+    # Limits that exceed the canvas: shrink to fit, keeping the ratio (never crop).
+    s = min(image_size[0] / h, image_size[1] / w)
   nh, nw = min(int(round(h * s)), image_size[0]), min(int(round(w * s)), image_size[1])
   resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), np.float32)
   if flip:

@@ -21,14 +21,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from zsi_jax import checkpoint as ckpt_lib
-from zsi_jax import jsonio, storage
+from zsi_jax import jsonio, storage, trained
 from zsi_jax.data import datasets
 from zsi_jax.data.loaders import split_loader
 from zsi_jax.evaluation import protocol
 from zsi_jax.evaluation.results import image_results
-from zsi_jax.modeling.build import build_model
-from zsi_jax.modeling.class_space import pad_class_vectors
+from zsi_jax.data.datasets import pad_class_vectors
 from zsi_jax.modeling.zsi import ZSIModel
 from zsi_jax.training import mesh as mesh_lib
 
@@ -58,10 +56,8 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
 def _load(workdir, setting, step, data_root, vectors):
   if setting not in SETTINGS:
     raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {setting!r}')
-  config = ckpt_lib.load_config(workdir)
-  info = datasets.load_dataset(data_root or config.data.root, vectors or config.data.vectors)
-  variables, step = ckpt_lib.restore_variables(workdir, step)
-  return config, variables, info, step
+  t = trained.load(workdir, step, data_root=data_root, vectors=vectors, dataset=True)
+  return t.config, t.variables, t.info, t.step
 
 
 def evaluate_variables(config, variables, info: datasets.DatasetInfo, setting: str, step: int,
@@ -167,7 +163,7 @@ class _Split:
     targets = {'zsi': info.unseen, 'gzsi': info.seen + info.unseen, 'seen': info.seen}[setting]
     k_max = info.class_rows(config.data.max_classes)
     self.classes = pad_class_vectors(info.vectors_of(targets), k_max)
-    self.seen = pad_class_vectors(info.vectors_of(info.seen), k_max)
+    self.seen = trained.seen_inputs(config, info)
     self.cat_ids = info.cat_ids(targets)
     self.seen_ids = info.cat_ids(info.seen) if setting == 'gzsi' else None
     self.ann_file = info.annotation_file(SETTINGS[setting])
@@ -180,7 +176,7 @@ class _Split:
                                max_images=max_images, batch_size=per_device * jax.device_count())
     if max_images:
       self.gt = _subset(self.gt, self.loader.image_ids())
-    self.model = build_model(config.model, info.background, len(info.seen), training=False)
+    self.model = trained.inference_model(config, info)
 
   def detect(self, variables, gammas: Sequence[float], progress: bool):
     """COCO results of the split for each calibration gamma: the features, proposals

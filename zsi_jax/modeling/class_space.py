@@ -19,34 +19,12 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Logit of padded (invalid) class slots: far below any real score, finite so
 # that softmax and its gradient stay NaN-free.
 INVALID_LOGIT = -1e9
 
 SCORINGS = ('direct', 'projected')
-
-
-def pad_class_vectors(vectors, k_max: int):
-  """[K, D] -> ([k_max, D] float32, [k_max] bool).
-
-  K > k_max, a shape other than [K, D] and non-finite values are errors that
-  name what is wrong (a NaN in one vector would otherwise silence every class).
-  """
-  vectors = np.asarray(vectors, np.float32)
-  if vectors.ndim != 2:
-    raise ValueError(f'class vectors must be a [K, D] matrix, got shape {vectors.shape}')
-  bad = np.flatnonzero(~np.all(np.isfinite(vectors), axis=1))
-  if bad.size:
-    raise ValueError(f'class vectors {bad.tolist()} (0-based rows) contain NaN or inf')
-  k, d = vectors.shape
-  if k > k_max:
-    raise ValueError(f'{k} classes but room for max_classes={k_max}: raise max_classes '
-                     '(config.data.max_classes; predict.py --max_classes)')
-  out = np.zeros((k_max, d), np.float32)
-  out[:k] = vectors
-  return out, np.arange(k_max) < k
 
 
 def class_matrix(v_b, class_vectors, class_valid):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax import config_check, storage
-from zsi_jax.modeling.class_space import pad_class_vectors
+from zsi_jax.data.datasets import pad_class_vectors
 from zsi_jax.training import mesh as mesh_lib
 from zsi_jax.training import preemption, workdir_lock
 from zsi_jax.training.metrics import MetricWriter
