@@ -125,7 +125,10 @@ def test_example_notebook_runs(trained):
     assert im.size[0] > 4 * 64 * 2   # four pictures at scale 2 in a row
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
   pictures = [o for o in outputs if 'image/png' in o.get('data', {})]
-  assert len(pictures) == 3, 'both presets\' grids and the custom-list picture are displayed'
+  assert len(pictures) == 4, ('both presets\' grids and the pictures of the custom list and '
+                              'of the exported model are displayed')
+  with Image.open(os.path.join(workdir, 'notebook_exported.png')) as im:
+    assert im.size == (64 * 3, 64 * 3)
 
 
 def test_draw_predictions_marks_masks_and_tells_unseen_apart():
