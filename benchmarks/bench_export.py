@@ -11,7 +11,11 @@ starts), alternating, ``--repeats`` times. Measured per process:
 The table gives the median and (min-max) of the repeats. The model file is
 written by export.py from ``--workdir`` first (its time is printed too).
 
+With --compilation_cache both sides start with JAX's persistent compilation
+cache warmed by one earlier start (a server restarting on the same host).
+
 Usage: python benchmarks/bench_export.py --workdir runs/shapes [--repeats 3] [--images 20]
+    [--compilation_cache]
 """
 from __future__ import annotations
 
@@ -60,8 +64,11 @@ print(json.dumps(dict(start=t3 - t0, imports=t1 - t0, load=t2 - t1, first=t3 - t
 '''
 
 
-def measure(side, source, folder, n):
+def measure(side, source, folder, n, cache=''):
   env = dict(os.environ, PYTHONPATH=ROOT)
+  if cache:   # JAX's persistent compilation cache: later starts skip XLA's compile
+    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(cache, side),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   r = subprocess.run([sys.executable, '-c', _CHILD, side, source, folder, str(n)], cwd=ROOT,
                      env=env, capture_output=True, text=True)
   if r.returncode:
@@ -77,6 +84,8 @@ def main():
   ap.add_argument('--repeats', type=int, default=3)
   ap.add_argument('--images', type=int, default=20)
   ap.add_argument('--dtype', default='float32')
+  ap.add_argument('--compilation_cache', action='store_true', help='both sides with a '
+                  "persistent compilation cache, warmed by one start first")
   ap.add_argument('--out', default='', help='append the result as a JSON line here')
   args = ap.parse_args()
 
@@ -92,14 +101,20 @@ def main():
                   '--dtype', args.dtype], cwd=ROOT, check=True, capture_output=True)
   export_s = time.time() - t0
   size = os.path.getsize(path)
+  cache = os.path.join(tmp, 'jax_cache') if args.compilation_cache else ''
+  sources = {'exported': path, 'predictor': args.workdir}
+  if cache:
+    for side, source in sources.items():
+      measure(side, source, folder, 1, cache)
   runs = {'exported': [], 'predictor': []}
   for _ in range(args.repeats):
-    runs['exported'].append(measure('exported', path, folder, args.images))
-    runs['predictor'].append(measure('predictor', args.workdir, folder, args.images))
+    for side, source in sources.items():
+      runs[side].append(measure(side, source, folder, args.images, cache))
   h = host.describe()
   import jax
   print(f'host: {host.short_name(h)}, {h["cores"]} cores, backend {jax.default_backend()}')
-  print(f'model file: {size / 2**20:.1f} MiB ({args.dtype}); export.py took {export_s:.1f} s')
+  print(f'model file: {size / 2**20:.1f} MiB ({args.dtype}); export.py took {export_s:.1f} s'
+        + ('; persistent compilation cache, warm' if cache else ''))
   print(f'{"":22s}{"exported":>22s}{"Predictor":>22s}')
   summary = {}
   for key, unit in (('start', 's'), ('imports', 's'), ('load', 's'), ('first', 's'),
@@ -114,7 +129,7 @@ def main():
   if args.out:
     with open(args.out, 'a') as f:
       f.write(json.dumps(dict(bench='export', workdir=args.workdir, dtype=args.dtype,
-                              repeats=args.repeats, images=args.images, size_bytes=size,
+                              compilation_cache=bool(cache), repeats=args.repeats, images=args.images, size_bytes=size,
                               export_s=export_s, host=h, backend=jax.default_backend(),
                               date=time.strftime('%Y-%m-%d'), **summary)) + '\n')
 
