@@ -12,7 +12,8 @@ each process detects its share of the images and process 0 scores them.
 from absl import app, flags
 
 from zsi_jax import cli, storage
-from zsi_jax.evaluation.runner import SETTINGS, ScoringError, calibration_sweep, evaluate
+from zsi_jax.evaluation.runner import (SETTINGS, ScoringError, calibration_sweep,
+                                        evaluate_splits)
 
 flags.DEFINE_string('workdir', None, 'training workdir (holds config.json and checkpoints/)')
 flags.DEFINE_list('split', ['zsi', 'gzsi'], 'zsi, gzsi and/or seen')
@@ -49,9 +50,9 @@ def main(_):
     calibration_sweep(FLAGS.workdir, FLAGS.calibration_sweep, FLAGS.checkpoint, FLAGS.scoring,
                       FLAGS.data_root, FLAGS.vectors, batch_per_device=FLAGS.batch_per_device)
     return
-  for s in FLAGS.split:
-    evaluate(FLAGS.workdir, s, FLAGS.checkpoint, FLAGS.scoring, FLAGS.data_root, FLAGS.vectors,
-             FLAGS.calibration, batch_per_device=FLAGS.batch_per_device)
+  # One checkpoint for every split, even while training writes newer ones.
+  evaluate_splits(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint, FLAGS.scoring, FLAGS.data_root,
+                  FLAGS.vectors, FLAGS.calibration, batch_per_device=FLAGS.batch_per_device)
 
 
 if __name__ == '__main__':

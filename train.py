@@ -35,7 +35,13 @@ def main(_):
   with workdir_lock.hold(FLAGS.workdir):   # before anything is written there
     if jax.process_index() == 0:
       cli.log_to_file(storage.join(FLAGS.workdir, 'train.log'))
-    run(FLAGS.config, FLAGS.workdir)
+    state = run(FLAGS.config, FLAGS.workdir)
+  if state is not None and jax.process_index() == 0:
+    from zsi_jax import checkpoint
+    step, w = int(state.step), FLAGS.workdir
+    print(f'trained to step {step}; checkpoint {step} in {checkpoint.checkpoint_dir(w)}\n'
+          f'evaluate with: python eval.py --workdir {w}\n'
+          f'segment with:  python predict.py --workdir {w} --input IMAGE --classes unseen')
 
 
 def run(config, workdir, hooks=()):

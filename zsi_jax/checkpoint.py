@@ -146,10 +146,57 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any):
       items['data'] = ocp.args.JsonRestore()
     return ocp.args.Composite(**items)
 
+  steps = available_steps(manager)
+  if steps:
+    where = storage.join(str(manager.directory), str(steps[-1]))
+    mismatch = _shape_mismatch(storage.join(where, 'default'), target)
+    if mismatch:
+      raise config_check.ResumeError(
+          f'checkpoint {steps[-1]} ({where}) does not fit the model ({mismatch}): the config '
+          'differs from the one it was trained with; nothing was changed')
   restored, step = _newest_good(manager, args, set_aside=True)
   if restored is None:
     return None, None, None
   return restored['default'], step, restored.get('data')
+
+
+def _path_text(path) -> str:
+  """A tree path as 'params/backbone/conv1/kernel', whatever containers hold it."""
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))))
+  return '/'.join(parts)
+
+
+def _shape_mismatch(item_dir: str, target: Any) -> Optional[str]:
+  """The first array whose saved shape differs from ``target``'s, as text; None
+  when all fit or the metadata cannot be read (then reading decides)."""
+  try:
+    meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
+  except Exception:  # noqa: BLE001 (unreadable metadata is damage, judged when reading)
+    return None
+  if meta is None:
+    return None
+  saved = {_path_text(p): tuple(m.shape) for p, m in
+           jax.tree_util.tree_flatten_with_path(meta.tree)[0] if hasattr(m, 'shape')}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    key = _path_text(path)
+    if key in saved and saved[key] != tuple(leaf.shape):
+      return f'{key}: {saved[key]} saved, {tuple(leaf.shape)} now'
+  return None
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest complete checkpoint's step in ``workdir``, or None."""
+  folder = checkpoint_dir(workdir)
+  if not storage.isdir(folder):
+    return None
+  manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    steps = available_steps(manager)
+  finally:
+    manager.close()
+  return steps[-1] if steps else None
 
 
 def _restore_here(item_dir: str):

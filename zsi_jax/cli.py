@@ -129,6 +129,17 @@ class _ConsoleFilter(logging.Filter):
     return record.levelno >= logging.WARNING or record.name.startswith('zsi_jax')
 
 
+class _ConsoleFormatter(logging.Formatter):
+  """Plain lines: the message, and ``warning:`` / ``error:`` before the serious ones
+  (absl's ``I1207 12:00:00.123 pid file.py:50]`` prefix is for the log file)."""
+
+  def format(self, record):
+    text = record.getMessage()
+    if record.levelno >= logging.ERROR:
+      return f'error: {text}'
+    return f'warning: {text}' if record.levelno >= logging.WARNING else text
+
+
 def setup_logging(log_file: Optional[str] = None):
   """The console as above; INFO and up also into ``log_file`` when given.
 
@@ -141,6 +152,7 @@ def setup_logging(log_file: Optional[str] = None):
     if not isinstance(handler, logging.FileHandler) and not any(
         isinstance(f, _ConsoleFilter) for f in handler.filters):
       handler.addFilter(_ConsoleFilter())
+      handler.setFormatter(_ConsoleFormatter())
   # absl's own logger takes its level from --verbosity; let its INFO reach the file.
   logging.getLogger('absl').setLevel(logging.INFO)
   if log_file:

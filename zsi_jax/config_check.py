@@ -46,6 +46,10 @@ class ConfigError(ValueError):
   pass
 
 
+class ResumeError(ConfigError):
+  """A workdir resumed with settings that change what its steps compute."""
+
+
 # Numeric settings and the range each must lie in: (low, high, low inclusive,
 # high inclusive); None is unbounded. Sequences are checked element by element.
 _ANY = (None, None, True, True)
@@ -226,3 +230,32 @@ def _drop(d: dict, dotted_keys):
   for dotted in dotted_keys:
     _pop(d, dotted)
   return d
+
+
+# What a resumed run may change: the length, cadences, workers, paths to the
+# same data and the test-time settings. Every other key changes what a step
+# computes or the order of the data, so resuming under it mixes two runs.
+RESUMABLE = ('total_steps', 'num_epochs', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+             'eval_every', 'eval_images', 'data.root', 'data.tfds_dir', 'data.pipeline',
+             'data.threads', 'data.workers', 'init.backbone', 'model.test.')
+
+
+def resume_changes(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict):
+  """(refused, accepted): the keys whose value differs between the config a
+  workdir was trained with and ``new``, as (dotted key, saved, new) tuples."""
+  before, after = _flatten(saved.to_dict()), _flatten(new.to_dict())
+  refused, accepted = [], []
+  for key in sorted(set(before) | set(after)):
+    a, b = before.get(key), after.get(key)
+    if _plain(a) == _plain(b):
+      continue
+    resumable = any(key == r or (r.endswith('.') and key.startswith(r)) for r in RESUMABLE)
+    (accepted if resumable else refused).append((key, a, b))
+  return refused, accepted
+
+
+def _plain(value):
+  """Tuples and lists alike (a saved config's lists are tuples after loading)."""
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value

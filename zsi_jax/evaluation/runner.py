@@ -47,10 +47,24 @@ def evaluate(workdir: str, setting: str = 'zsi', step: Optional[int] = None,
   ``model.test.seen_calibration``). ``batch_per_device``: see
   :func:`evaluate_variables`. Returns the metrics on process 0, None on the others.
   """
-  config, variables, info, step = _load(workdir, setting, step, data_root, vectors)
-  return evaluate_variables(config, variables, info, setting, step, scoring,
-                            storage.join(workdir, 'eval'), calibration=calibration, log=log,
-                            batch_per_device=batch_per_device)
+  return evaluate_splits(workdir, [setting], step, scoring, data_root, vectors, calibration,
+                         log, batch_per_device)[setting]
+
+
+def evaluate_splits(workdir: str, settings: Sequence[str], step: Optional[int] = None,
+                    scoring: Optional[str] = None, data_root: Optional[str] = None,
+                    vectors: Optional[str] = None, calibration: Optional[float] = None,
+                    log=print, batch_per_device: int = 0) -> Dict[str, Optional[dict]]:
+  """:func:`evaluate` for several settings with one checkpoint, restored once
+  (a run still training cannot move the step between them). Returns
+  setting -> metrics (None on processes other than 0)."""
+  unknown = [s for s in settings if s not in SETTINGS]
+  if unknown:
+    raise ValueError(f'setting must be one of {sorted(SETTINGS)}, got {", ".join(unknown)}')
+  config, variables, info, step = _load(workdir, settings[0], step, data_root, vectors)
+  return {s: evaluate_variables(config, variables, info, s, step, scoring,
+                                storage.join(workdir, 'eval'), calibration=calibration, log=log,
+                                batch_per_device=batch_per_device) for s in settings}
 
 
 def _load(workdir, setting, step, data_root, vectors):

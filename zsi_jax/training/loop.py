@@ -58,7 +58,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           eval_fn: Optional[Callable[[TrainState, int], Dict[str, float]]] = None,
           hooks: Sequence[StepHook] = (),
           data_order: Optional[Dict[str, Any]] = None) -> TrainState:
-  """Trains (or resumes) and returns the final state.
+  """Trains (or resumes) and returns the final state (None when the workdir is
+  already trained to ``total_steps``).
 
   The run holds ``workdir`` while it trains (``workdir_lock``). On SIGTERM or
   SIGINT it finishes the step in flight, saves its checkpoint and raises
@@ -86,14 +87,45 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   config_check.validate(config)
   # A misspelt bucket or a read-only path fails now, not after compiling.
   storage.check_writable(workdir, 'workdir')
+  total_steps = int(total_steps or config.num_epochs * steps_per_epoch)
   with workdir_lock.hold(workdir), preemption.StopSignals() as signals:
+    if check_resume(config, workdir, total_steps):
+      return None
     return _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, eval_fn,
                   hooks, data_order, signals)
 
 
+def check_resume(config: ml_collections.ConfigDict, workdir: str, total_steps: int) -> bool:
+  """Compares ``config`` with the one a workdir with checkpoints was trained with,
+  before anything is compiled or written.
+
+  Settings that change what a step computes or the data order are refused
+  (``config_check.ResumeError``, each key with both values); the others
+  (length, cadences, workers, paths) are logged. Returns True when the
+  workdir is already trained to ``total_steps`` or beyond: nothing to do.
+  """
+  latest = ckpt_lib.latest_step(workdir)
+  if latest is None or not storage.exists(storage.join(workdir, ckpt_lib.CONFIG_FILE)):
+    return False
+  saved = ckpt_lib.load_config(workdir)
+  refused, accepted = config_check.resume_changes(saved, config)
+  if refused:
+    changes = '; '.join(f'{k} = {a!r} there, {b!r} now' for k, a, b in refused)
+    raise config_check.ResumeError(
+        f'{workdir} was trained with another config ({changes}): these change what a step '
+        'computes or the order of the data; resume with the values in its config.json, or '
+        'train in a new --workdir. Nothing was changed')
+  for key, old, new in accepted:
+    logger.info('resuming with %s = %r (was %r)', key, new, old)
+  if latest >= total_steps:
+    logger.info('%s is trained to step %d, at or beyond total_steps=%d: nothing to train '
+                '(raise --config.total_steps to go on)', workdir, latest, total_steps)
+    return True
+  return False
+
+
 def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, eval_fn, hooks,
            data_order, signals: preemption.StopSignals) -> TrainState:
-  total_steps = int(total_steps or config.num_epochs * steps_per_epoch)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
   class_vectors, class_valid = pad_class_vectors(data['class_vectors'],
@@ -120,10 +152,12 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
   cv = jax.device_put(jnp.asarray(class_vectors), repl)
   cm = jax.device_put(jnp.asarray(class_valid), repl)
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start)
   it = make_iterator(start)
-  bar = tqdm(total=total_steps, initial=start, desc='train', unit='step', dynamic_ncols=True,
-             disable=jax.process_index() != 0)
+  # The bar starts after the first step, so its rate and ETA leave out compilation.
+  bar = None
+  if start < total_steps:
+    logger.info('compiling the train step (once per run)')
   t_last = time.time()
   steps_since = 0
   try:
@@ -145,7 +179,8 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
                 f'no checkpoint has been written yet (every {config.checkpoint_every} steps)')
         raise NonFiniteLossError(f'non-finite value at step {done}: {", ".join(bad) or "gradient"}'
                                  f'; the state was not updated and {kept}')
-      if done % config.log_every == 0 or done == total_steps:
+      logged = done % config.log_every == 0 or done == total_steps
+      if logged:
         m = jax.device_get(metrics)
         dt = (time.time() - t_last) / steps_since
         t_last, steps_since = time.time(), 0
@@ -153,8 +188,13 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
         scalars.update(learning_rate=float(run.schedule(step)), step_time=dt,
                        images_per_sec=config.data.batch_size / dt)
         writer.write(done, scalars)
+      if bar is None:
+        bar = tqdm(total=total_steps, initial=done, desc='train', unit='step',
+                   dynamic_ncols=True, disable=jax.process_index() != 0)
+      else:
+        bar.update(1)
+      if logged:
         bar.set_postfix(loss=f"{m['total']:.3f}", lr=f"{scalars['learning_rate']:.4f}")
-      bar.update(1)
       data_state = dict(next_step=done, **(data_order or {}))
       if ckpt_lib.save(manager, done, state, config.checkpoint_every, data_state=data_state,
                        force=done == total_steps):
@@ -174,7 +214,8 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
         writer.flush()
         raise preemption.Preempted(done, stop, ckpt_lib.checkpoint_dir(workdir))
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
     if hasattr(it, 'close'):          # stops a pipeline's threads and worker processes
       it.close()
     manager.wait_until_finished()

@@ -21,11 +21,17 @@ from zsi_jax import storage
 class MetricWriter:
   """Writes scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard/``."""
 
-  def __init__(self, workdir: str, enabled: Optional[bool] = None, upload_every: float = 30.0):
+  def __init__(self, workdir: str, enabled: Optional[bool] = None, upload_every: float = 30.0,
+               resume_step: Optional[int] = None):
+    """``resume_step``: the step a run resumes from; rows of later steps (logged
+    by the run that stopped after that checkpoint) are dropped from both logs,
+    so every step appears once."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = storage.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.enabled:
+      if resume_step is not None:
+        _drop_rows_after(self.path, resume_step)
       self._file = storage.AppendFile(self.path, upload_every=upload_every)
       try:
         from tensorboardX import SummaryWriter
@@ -34,7 +40,9 @@ class MetricWriter:
       events = storage.join(workdir, 'tensorboard')
       if storage.is_url(events):
         _register_bucket_events(events)
-      self._tb = SummaryWriter(events, flush_secs=upload_every)
+      # purge_step: TensorBoard hides the events of later steps from earlier files.
+      self._tb = SummaryWriter(events, flush_secs=upload_every,
+                               purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, scalars: Dict[str, float]):
     """Logs ``scalars`` (name -> number) at ``step``."""
@@ -59,6 +67,24 @@ class MetricWriter:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int):
+  """Rewrites ``path`` (JSON lines with a 'step') without the rows after ``step``."""
+  if not storage.exists(path):
+    return
+  lines = storage.read_text(path).splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] > step:
+        continue
+    except (ValueError, KeyError, TypeError):
+      if not line.endswith('\n'):
+        continue  # the torn last line of a killed run
+    kept.append(line)
+  if len(kept) != len(lines):
+    storage.write_text(path, ''.join(kept))
 
 
 class _BucketEventsFile:
