@@ -78,9 +78,16 @@ class Segmenter:
     raise NotImplementedError
 
   # ------------------------------------------------------------ class vectors
+  def known_spelling(self, class_names: Sequence[str]) -> list:
+    """Each name as the class space spells it when it differs only in case or
+    spacing (``'Red  Star'`` -> ``'red star'``); other names as given."""
+    canon = {' '.join(n.lower().split()): n for n in self.info.names}
+    return [n if n in self.info.names else canon.get(' '.join(n.lower().split()), n)
+            for n in class_names]
+
   def class_vectors(self, class_names: Sequence[str]) -> np.ndarray:
     """[K, D] vectors for ``class_names``; one error lists every unknown name."""
-    names = list(class_names)
+    names = self.known_spelling(class_names)
     if not names:
       raise ValueError('class_names is empty')
     if len(set(names)) != len(names):

@@ -36,9 +36,19 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
   return mask & ~inner
 
 
+# Pictures of large images are upscaled no further than this, and shrunk to it.
+MAX_PICTURE_SIDE = 2048
+
+
+def picture_scale(image_hw, wanted: int, max_side: int = MAX_PICTURE_SIDE) -> int:
+  """The integer upscaling ``wanted`` for small images, less (at least 1) where
+  it would take the picture beyond ``max_side`` pixels."""
+  return max(1, min(int(wanted), max_side // max(1, max(image_hw))))
+
+
 def draw_predictions(image: np.ndarray, prediction: Dict[str, object],
                      unseen: Collection[str] = (), alpha: float = 0.35,
-                     scale: int = 1) -> Image.Image:
+                     scale: int = 1, max_side: int = 0) -> Image.Image:
   """Overlays one image's predictions.
 
   Args:
@@ -49,8 +59,9 @@ def draw_predictions(image: np.ndarray, prediction: Dict[str, object],
     alpha: mask fill opacity (the outline is opaque, so the object's own colour
       stays visible under the fill).
     scale: integer upscaling of the picture (small images stay legible).
+    max_side: > 0: a picture larger than this is shrunk to it (keeping its ratio).
   Returns:
-    PIL RGB image of size [scale*H, scale*W].
+    PIL RGB image of size [scale*H, scale*W] (or shrunk to ``max_side``).
   """
   img = np.asarray(image, np.float32).copy()
   names = list(prediction['class_names'])
@@ -81,6 +92,8 @@ def draw_predictions(image: np.ndarray, prediction: Dict[str, object],
     draw.rectangle([tb[0] - 1, tb[1] - 1, tb[2] + 1, tb[3] + 1],
                    fill=(255, 255, 255) if is_unseen else (30, 30, 30))
     draw.text((x1, ty), text, fill=(0, 0, 0) if is_unseen else (255, 255, 255))
+  if max_side and max(pil.size) > max_side:
+    pil.thumbnail((max_side, max_side), Image.BILINEAR)
   return pil
 
 

@@ -1,4 +1,5 @@
-"""Decoding images of any mode Pillow reads into the model's 8-bit RGB.
+"""Decoding images of any mode Pillow reads into the model's 8-bit RGB, the
+way viewers show them (EXIF orientation applied).
 
 Pillow's own ``convert('RGB')`` clips 16- and 32-bit grey values at 255, so a
 16-bit PNG becomes almost white. Here those are rescaled from their full
@@ -11,7 +12,7 @@ import io
 from typing import Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from zsi_jax import storage
 
@@ -21,17 +22,45 @@ EIGHT_BIT_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 
 
+# Pillow refuses images above twice its MAX_IMAGE_PIXELS as possible
+# decompression bombs; this is that limit (about 179 megapixels).
+DEFAULT_PIXEL_LIMIT = 2 * 89_478_485
+EXIF_ORIENTATION = 0x0112
+
+
+def set_pixel_limit(pixels: int):
+  """Images with more pixels are refused (0: no limit)."""
+  import warnings
+  Image.MAX_IMAGE_PIXELS = pixels // 2 if pixels else None
+  # Pillow warns from half the limit on; below it the image is accepted.
+  warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+
+
+def upright(im: Image.Image) -> Image.Image:
+  """``im`` turned the way its EXIF orientation says it is viewed (as is without one)."""
+  if im.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+    return im
+  return ImageOps.exif_transpose(im)
+
+
+def displayed_size(im: Image.Image):
+  """(width, height) as viewed: swapped for EXIF orientations 5-8 (a quarter turn)."""
+  w, h = im.size
+  return (h, w) if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+
+
 class ImageModeError(ValueError):
   """An image whose pixel format cannot be read as 8-bit RGB."""
 
 
 def to_rgb8(im: Image.Image, name: str) -> np.ndarray:
-  """A Pillow image of any supported mode -> [H, W, 3] uint8 RGB.
+  """A Pillow image of any supported mode -> [H, W, 3] uint8 RGB, upright.
 
   8-bit modes convert as Pillow does (alpha dropped, palettes expanded);
   16-bit grey ('I;16*', and 'I' holding values up to 65535) is scaled by
   255/65535. ``name`` (file or image id) goes into the error for other modes.
   """
+  im = upright(im)
   if im.mode in EIGHT_BIT_MODES:
     return np.asarray(im.convert('RGB'))
   if im.mode in SIXTEEN_BIT_MODES or im.mode == 'I':
@@ -60,5 +89,8 @@ def decode(source: Union[str, bytes], name: str) -> np.ndarray:
     raise FileNotFoundError(f'{name}: file not found') from None
   except ImageModeError:
     raise
-  except OSError as e:
+  except Image.DecompressionBombError as e:
+    raise ValueError(f'{name}: {e.args[0].split(" could be")[0]} (raise the limit with '
+                     '--max_image_pixels if the image is genuine)') from None
+  except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for broken files
     raise ValueError(f'{name}: cannot decode the image: {e}') from e

@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from zsi_jax import storage
-from zsi_jax.data import datasets
+from zsi_jax.data import datasets, images
 from zsi_jax.data.input_pipeline import load_coco, to_rle
 from zsi_jax.jsonio import read_json
 
@@ -133,13 +133,13 @@ def _read_checked(rec: dict) -> bytes:
     raise FileNotFoundError(f'image {rec["image_id"]}: file not found: {path}') from None
   try:
     with Image.open(io.BytesIO(data)) as im:
-      size = im.size
+      size = images.displayed_size(im)   # as decoded: EXIF orientation applied
       im.verify()  # cheap structural check; full decoding happens when reading
   except Exception as e:  # PIL raises several types for broken files
     raise ValueError(f'image {rec["image_id"]}: cannot decode {path}: {e}') from e
   if size != (rec['width'], rec['height']):
-    raise ValueError(f'image {rec["image_id"]}: {path} is {size[0]}x{size[1]} (w x h) but the '
-                     f'annotation file says {rec["width"]}x{rec["height"]}')
+    raise ValueError(f'image {rec["image_id"]}: {path} is {size[0]}x{size[1]} (w x h, as '
+                     f'viewed) but the annotation file says {rec["width"]}x{rec["height"]}')
   return data
 
 
