@@ -1,6 +1,6 @@
 """COCO 2014, 65 seen / 15 unseen classes, the authors' settings (docs/REFERENCE_NOTES.md).
 
-python data_prep/make_coco_splits.py --coco-root COCO --split 65_15 --out data/coco/zsi_65_15
+python data_prep/make_coco_splits.py --coco_root COCO --split 65_15 --out data/coco/zsi_65_15
 python data_prep/make_tfds.py --root data/coco/zsi_65_15 --out data/coco/zsi_65_15_tfds
 python train.py --config configs/coco_65_15.py --workdir runs/coco_65_15 \
     --config.init.backbone=resnet101-63fe2227.pth

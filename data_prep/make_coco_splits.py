@@ -1,14 +1,13 @@
 """COCO 2014 -> zero-shot train / ZSI test / GZSI test annotation files.
 
-python data_prep/make_coco_splits.py --coco-root DIR --split 48_17|65_15|custom.json [--out DIR]
+python data_prep/make_coco_splits.py --coco_root DIR --split 48_17|65_15|custom.json [--out DIR]
 Reads DIR/annotations/instances_{train,val}2014.json and writes, under --out
 (default DIR/zsi_<split>): annotations/{train,test_zsi,test_gzsi}.json, split.json and the
 shipped word2vec class-vector file of the split (custom splits: pass --vectors).
-Training images are read from --train-images (default DIR/train2014), test images
-from --val-images (default DIR/val2014); split.json records both. Prints the
+Training images are read from --train_images (default DIR/train2014), test images
+from --val_images (default DIR/val2014); split.json records both. Prints the
 counts and the next commands (make_tfds.py, train.py) for the folder it wrote.
 """
-import argparse
 import json
 import os
 import shlex
@@ -26,14 +25,14 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument('--coco-root', required=True)
+  p = cli.ArgumentParser(description=__doc__)
+  p.add_argument('--coco_root', required=True)
   p.add_argument('--split', required=True)
   p.add_argument('--out')
-  p.add_argument('--train-json', default='annotations/instances_train2014.json')
-  p.add_argument('--val-json', default='annotations/instances_val2014.json')
-  p.add_argument('--train-images', default='train2014')
-  p.add_argument('--val-images', default='val2014')
+  p.add_argument('--train_json', default='annotations/instances_train2014.json')
+  p.add_argument('--val_json', default='annotations/instances_val2014.json')
+  p.add_argument('--train_images', default='train2014')
+  p.add_argument('--val_images', default='val2014')
   p.add_argument('--vectors', help='class-vector file (authors\' format) for a custom split')
   a = p.parse_args(argv)
   name, seen, unseen = splits.get_split(a.split)

@@ -5,7 +5,6 @@ python data_prep/make_shapes.py [--preset default|hard] [--out DIR] [--seed 0]
 --out defaults to data/generated/zsi_shapes (default preset) or
 data/generated/zsi_shapes_hard. The other flags override the preset's values.
 """
-import argparse
 import dataclasses
 import os
 import sys
@@ -13,18 +12,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zsi_jax import cli  # noqa: E402
 from zsi_jax.data import shapes  # noqa: E402
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
+  p = cli.ArgumentParser(description=__doc__)
   p.add_argument('--preset', default='default', choices=sorted(shapes.PRESETS))
   p.add_argument('--out', default='', help='default: data/generated/<preset name>')
   p.add_argument('--seed', type=int)
   p.add_argument('--size', type=int, help='image side in pixels (object sizes scale with it)')
-  p.add_argument('--num-train', type=int)
-  p.add_argument('--num-val', type=int)
-  p.add_argument('--num-test', type=int)
+  p.add_argument('--num_train', type=int)
+  p.add_argument('--num_val', type=int)
+  p.add_argument('--num_test', type=int)
   p.add_argument('--dim', type=int, help='word-vector dimension')
   a = p.parse_args()
   d = shapes.PRESETS[a.preset]
@@ -42,4 +42,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  cli.main(lambda _: main())(None)

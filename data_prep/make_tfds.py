@@ -13,7 +13,6 @@ skipped (other categories, degenerate boxes) are counted in the dataset's
 metadata and printed. Then train with
   --config.data.pipeline=grain --config.data.tfds_dir=TFDS_DIR
 """
-import argparse
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ def _built_splits(out):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--root', required=True, help='a prepared dataset root (with split.json)')
   p.add_argument('--out', required=True, help='the TFDS data dir to write')
   p.add_argument('--splits', default='',
@@ -66,13 +65,16 @@ def main():
     raise FileExistsError(f'{a.out} holds a dataset of splits {", ".join(built)} without '
                           f'{", ".join(lacking)}: add --overwrite to rebuild it')
   t = time.time()
-  # TFDS shows a progress bar per split while it writes.
+  # One progress bar per split while it writes; a dataset built from another
+  # version of the source is refused (without --overwrite).
   tfds_coco.build(a.root, splits, a.out, overwrite=a.overwrite)
   for split in splits:
     meta = tfds_coco.split_metadata(a.out, split)
     print(f'{split}: {meta["images"]} images; skipped annotations: {meta["skipped"]}')
-  print(f'wrote {a.out} in {time.time() - t:.1f} s; train with --config.data.pipeline=grain '
-        f'--config.data.tfds_dir={a.out}')
+  done = (f'{a.out} was already built from this source (same annotation files and image '
+          'sizes): kept' if set(splits) <= set(built) and not a.overwrite else
+          f'wrote {a.out} in {time.time() - t:.1f} s')
+  print(f'{done}; train with --config.data.pipeline=grain --config.data.tfds_dir={a.out}')
 
 
 if __name__ == '__main__':

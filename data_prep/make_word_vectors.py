@@ -2,10 +2,9 @@
 
 python data_prep/make_word_vectors.py --vectors GoogleNews-vectors-negative300.bin \
     --classes 65_15|48_17|names.txt|split.json --out class_vectors.txt \
-    [--vocabulary zsi_jax/assets/pl_zsd/vocabulary_list.txt --vocab-out vocab.txt]
+    [--vocabulary zsi_jax/assets/pl_zsd/vocabulary_list.txt --vocab_out vocab.txt]
 Class order: the split's seen then unseen classes (or the lines of names.txt).
 """
-import argparse
 import os
 import sys
 
@@ -13,6 +12,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zsi_jax import cli  # noqa: E402
 from zsi_jax.data import splits, word_vectors  # noqa: E402
 from zsi_jax.data.shapes import write_vector_file  # noqa: E402
 
@@ -26,15 +26,15 @@ def class_names(spec):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__)
+  p = cli.ArgumentParser(description=__doc__)
   p.add_argument('--vectors', required=True)
   p.add_argument('--binary', action='store_true', default=None)
-  p.add_argument('--no-header', action='store_true', help='GloVe text files')
+  p.add_argument('--no_header', action='store_true', help='GloVe text files')
   p.add_argument('--classes', required=True)
   p.add_argument('--out', required=True)
   p.add_argument('--norm', type=float, default=word_vectors.DEFAULT_NORM)
   p.add_argument('--vocabulary')
-  p.add_argument('--vocab-out')
+  p.add_argument('--vocab_out')
   a = p.parse_args(argv)
   kv = word_vectors.load_keyed_vectors(a.vectors, a.binary, a.no_header)
   names = class_names(a.classes)
@@ -51,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.main(lambda _: main())(None)

@@ -56,9 +56,51 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, every: int,
   """
   if not force and (every <= 0 or step % every):
     return False
-  return manager.save(step, args=ocp.args.Composite(default=ocp.args.StandardSave(state),
-                                                    data=ocp.args.JsonSave(data_state or {})),
-                      force=True)
+  _PENDING[id(manager)] = step
+  try:
+    return manager.save(step, args=ocp.args.Composite(default=ocp.args.StandardSave(state),
+                                                      data=ocp.args.JsonSave(data_state or {})),
+                        force=True)
+  except Exception as e:  # noqa: BLE001 (orbax and TensorStore raise many kinds)
+    raise _write_error(manager, e) from e
+
+
+def wait(manager: ocp.CheckpointManager):
+  """Waits for the checkpoint being written; a failure is one
+  :class:`CheckpointWriteError` naming the folder, the cause and what was kept."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise _write_error(manager, e) from e
+
+
+# The step each manager is writing (for the error when writing fails).
+_PENDING: Dict[int, int] = {}
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, permissions, ...)."""
+
+
+def _write_error(manager, error: BaseException) -> CheckpointWriteError:
+  # The cause: the first line of the chain that names one (TensorStore wraps the OS error).
+  causes = [error]
+  while causes[-1].__cause__ is not None or causes[-1].__context__ is not None:
+    causes.append(causes[-1].__cause__ or causes[-1].__context__)
+  described = [storage.describe_error(c) for c in causes]
+  known = [d for d in described if d in ('no space left on the device', 'read-only file system')
+           or d.startswith('permission denied')]
+  why = known[0] if known else described[0]
+  try:
+    manager.reload()
+    kept = available_steps(manager)
+  except Exception:  # noqa: BLE001 (listing may fail for the same reason)
+    kept = []
+  step = _PENDING.get(id(manager))
+  kept_text = (f'kept: checkpoint(s) {", ".join(map(str, kept))}; the same command resumes '
+               f'from step {kept[-1]}' if kept else 'no checkpoint was kept')
+  return CheckpointWriteError(f'checkpoint {step} could not be written to {manager.directory}: '
+                              f'{why}; {kept_text}')
 
 
 class CheckpointError(ValueError):

@@ -14,9 +14,11 @@ The compiler's freed memory is handed back after each compilation
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Optional
 
 from absl import flags
@@ -66,6 +68,19 @@ def parse_flags(argv):
     fail(ValueError(f'{named[0]}: {message}' if named else message))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the data_prep/ scripts with the flag spelling of the rest
+  (``--coco_root``; the hyphenated ``--coco-root`` is kept as an alias), and
+  its mistakes as a ValueError, so :func:`main` reports them in one line."""
+
+  def add_argument(self, *names, **kwargs):
+    aliases = [n.replace('_', '-') for n in names if n.startswith('--') and '_' in n]
+    return super().add_argument(*names, *aliases, **kwargs)
+
+  def error(self, message):
+    raise ValueError(f'{self.prog}: {message} (--help lists the flags)')
+
+
 class Interrupted(Exception):
   """A run that stopped on purpose: its message is printed as is, and the
   process exits with ``status`` (e.g. 128 + the signal's number)."""
@@ -75,12 +90,25 @@ class Interrupted(Exception):
     self.status = status
 
 
+def _quiet_unraisable(info, _default=sys.unraisablehook):
+  """TensorStore's callbacks report 'Event loop is closed' (one traceback per
+  array) when a checkpoint write fails and orbax gives up; to the log only."""
+  if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == 'Event loop is closed':
+    logging.getLogger('orbax').debug('ignored after a failed write: %s', info.exc_value)
+    return
+  _default(info)
+
+
 def main(run: Callable, errors=()) -> Callable:
   """Wraps an absl ``main``: input mistakes (and ``errors``) become one line."""
   caught = USER_ERRORS + tuple(errors)
 
   def wrapped(argv):
     host.release_heap_after_compiles()
+    sys.unraisablehook = _quiet_unraisable
+    # Left behind by an orbax write that failed; reported by this package instead.
+    warnings.filterwarnings('ignore', message='coroutine .* was never awaited',
+                            category=RuntimeWarning)
     try:
       return run(argv)
     except Interrupted as e:
@@ -115,9 +143,11 @@ def initialize_distributed():
                              num_processes=f.num_processes, process_id=f.process_id)
 
 
-# Storage clients log every retry and fallback (with tracebacks); what matters
-# reaches the console as this package's own one-line error.
-_FILE_ONLY = storage.STORAGE_CLIENT_LOGGERS
+# Storage clients log every retry and fallback (with tracebacks), orbax (via
+# absl) and TFDS their progress and their own view of a failure; what matters
+# reaches the console as this package's own line.
+_FILE_ONLY = storage.STORAGE_CLIENT_LOGGERS + ('absl', 'orbax', 'tensorflow_datasets',
+                                               'asyncio')
 
 
 class _ConsoleFilter(logging.Filter):
@@ -159,6 +189,25 @@ def setup_logging(log_file: Optional[str] = None):
     log_to_file(log_file)
 
 
+class _LogFile(logging.FileHandler):
+  """A log file that, once it cannot be written (a full disk), says so in one
+  line and stops, instead of a traceback per record."""
+
+  broken = False
+
+  def emit(self, record):
+    if not self.broken:
+      super().emit(record)
+
+  def handleError(self, record):
+    if not self.broken:
+      self.broken = True
+      error = sys.exc_info()[1]
+      print(f'warning: cannot write the log file {self.baseFilename} '
+            f'({storage.describe_error(error) if error else "unknown error"}); it stops here',
+            file=sys.stderr)
+
+
 def log_to_file(log_file: str):
   """Everything logged at INFO and up also goes to ``log_file`` (folder created;
   in a bucket, uploaded every 30 s and at exit)."""
@@ -170,6 +219,6 @@ def log_to_file(log_file: str):
     atexit.register(handler.close)
   else:
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    handler = logging.FileHandler(log_file)
+    handler = _LogFile(log_file)
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
   logging.getLogger().addHandler(handler)

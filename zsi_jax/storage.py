@@ -101,6 +101,16 @@ def listdir(path: PathLike) -> List[str]:
   return sorted(basename(p) for p in fs.ls(inner, detail=False) if p.rstrip('/') != inner.rstrip('/'))
 
 
+def file_sizes(folder: PathLike) -> dict:
+  """{name: bytes} of the files directly in ``folder`` (one listing)."""
+  if not is_url(folder):
+    with os.scandir(folder) as entries:
+      return {e.name: e.stat().st_size for e in entries if e.is_file()}
+  fs, inner = filesystem(folder)
+  return {basename(e['name']): int(e.get('size') or 0) for e in fs.ls(inner, detail=True)
+          if e.get('type') == 'file'}
+
+
 def size(path: PathLike) -> int:
   if not is_url(path):
     return os.path.getsize(path)
@@ -242,6 +252,8 @@ def describe_error(error: BaseException) -> str:
     return f'permission denied ({text[:200]})'
   if isinstance(error, OSError) and error.errno == errno.EROFS:
     return 'read-only file system'
+  if isinstance(error, OSError) and error.errno == errno.EFBIG or 'file too large' in low:
+    return 'file too large (the file-size limit, ulimit -f)'
   if 'credentials' in low or '401' in low or 'unauthorized' in low or 'anonymous caller' in low:
     return f'no credentials for it, or they are refused ({text[:200]}); on a cloud VM check its ' \
            'service account, elsewhere run gcloud auth application-default login'

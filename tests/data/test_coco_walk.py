@@ -123,7 +123,7 @@ def check_split_folder(out, coco_ids, expected, names):
 def make_splits(coco, env, split, out, *extra):
   """Runs make_coco_splits.py on the stand-in; returns what it printed."""
   return run(f'make_coco_splits {os.path.basename(split)}',
-             ['data_prep/make_coco_splits.py', '--coco-root', coco[0], '--split', split,
+             ['data_prep/make_coco_splits.py', '--coco_root', coco[0], '--split', split,
               '--out', out, *extra], env)
 
 
@@ -162,7 +162,7 @@ def test_a_missing_split_folder_names_the_command_that_makes_it(coco, env, tmp_p
   # 'COCO' stands for the user's COCO folder; with it filled in, the command runs.
   command = str(e.value).split('make the dataset first: ', 1)[1].split(' (COCO:')[0]
   run('make_coco_splits (the hint)',
-      hinted_command(command.replace('--coco-root COCO ', f'--coco-root {coco[0]} ')), env)
+      hinted_command(command.replace('--coco_root COCO ', f'--coco_root {coco[0]} ')), env)
   assert len(datasets.load_dataset(data).names) == 65
   with pytest.raises(FileNotFoundError, match='make_shapes.py --out'):
     datasets.load_dataset(str(tmp_path / 'shapes'))
@@ -309,7 +309,7 @@ def test_custom_split_walk(coco, env, tmp_path):
   # Without --vectors, the error names the command that makes them.
   data = str(tmp_path / 'zsi_my_split')
   text = run('make_coco_splits my_split (no vectors)',
-             ['data_prep/make_coco_splits.py', '--coco-root', coco[0], '--split',
+             ['data_prep/make_coco_splits.py', '--coco_root', coco[0], '--split',
               str(split_file), '--out', data], env, expect_rc=1)
   hint = error_line(text)
   assert 'make_word_vectors.py' in hint and '--vectors' in hint

@@ -103,7 +103,7 @@ def _make_hint(root: str) -> str:
   like one (``zsi_65_15``, as in the COCO configs), else ZSI-Shapes."""
   split = storage.basename(root.rstrip('/'))[len('zsi_'):]
   if split in ('48_17', '65_15'):
-    return (f'python data_prep/make_coco_splits.py --coco-root COCO --split {split} --out {root} '
+    return (f'python data_prep/make_coco_splits.py --coco_root COCO --split {split} --out {root} '
             '(COCO: the folder holding annotations/instances_train2014.json, train2014/ and '
             'val2014/)')
   return f'python data_prep/make_shapes.py --out {root}'

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence
 
+from zsi_jax import storage
 from zsi_jax.data import tfds_coco
 from zsi_jax.data.input_pipeline import Loader, load_coco
 
@@ -83,6 +84,13 @@ def _tfds_source(tfds_dir: str, split: str, info, cat_ids):
                      f'ids {meta["cat_ids"]}, the dataset at {info.root} has {list(cat_ids)}; '
                      f'rebuild it with python data_prep/make_tfds.py --root {info.root} '
                      f'--out {tfds_dir} --overwrite')
+  ann_file = info.annotation_file(split)
+  if storage.exists(ann_file):   # the source is here: the dataset must have been built from it
+    changed = tfds_coco.source_changes(meta, ann_file, info.image_dir(split))
+    if changed:
+      raise ValueError(f'config.data.tfds_dir={tfds_dir}: split {split!r} was built from '
+                       f'another version of {info.root} ({changed}); rebuild it with python '
+                       f'data_prep/make_tfds.py --root {info.root} --out {tfds_dir} --overwrite')
   logger.info('%s: %d images from %s; skipped annotations: %s', split, meta['images'], tfds_dir,
               meta['skipped'])
   return tfds_coco.load_source(tfds_dir, split)

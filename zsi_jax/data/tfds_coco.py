@@ -17,7 +17,10 @@ Polygons and (compressed) RLE are all stored as compressed RLE, so every
 segmentation round-trips exactly through pycocotools. Annotations that
 ``load_coco`` skips (other categories, degenerate boxes) are counted per split
 in ``builder.info.metadata['splits'][split]['skipped']``, next to the split's
-``cat_ids``.
+``cat_ids`` and the ``fingerprint`` of its source (the annotation file's
+SHA-256, the number and total bytes of its image files): a dataset whose
+source changed is refused, by ``build`` (without overwrite) and by the
+training's loader, instead of being read stale.
 
   builder = tfds_coco.build('data/shapes', ['train', 'val'], 'data/shapes_tfds')
   source = tfds_coco.load_source('data/shapes_tfds', 'train')   # random access
@@ -29,7 +32,10 @@ once and checked by file sizes).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -113,13 +119,15 @@ class ZsiCoco(tfds.core.GeneratorBasedBuilder):
       records, skipped = load_coco(ann_file, image_dir, cat_ids)
       logger.info('%s: %d images; skipped annotations: %s', ann_file, len(records), skipped)
       meta[split] = dict(annotation_file=ann_file, image_dir=image_dir, cat_ids=cat_ids,
-                         skipped=skipped, images=len(records))
-      gens[split] = self._generate_examples(records, cat_ids, ann_file)
+                         skipped=skipped, images=len(records),
+                         fingerprint=source_fingerprint(ann_file, image_dir))
+      gens[split] = self._generate_examples(records, cat_ids, ann_file, split)
     self.info.metadata['splits'] = meta
     return gens
 
-  def _generate_examples(self, records, cat_ids, ann_file):
-    for i, rec in enumerate(records):
+  def _generate_examples(self, records, cat_ids, ann_file, split):
+    from tqdm import tqdm
+    for i, rec in enumerate(tqdm(records, desc=split, unit='image', leave=False)):
       # Integer keys in file order (shuffling is disabled, so they fix the order).
       yield i, encode_record(rec, cat_ids, ann_file)
 
@@ -133,8 +141,9 @@ def _read_checked(rec: dict) -> bytes:
     raise FileNotFoundError(f'image {rec["image_id"]}: file not found: {path}') from None
   try:
     with Image.open(io.BytesIO(data)) as im:
-      size = images.displayed_size(im)   # as decoded: EXIF orientation applied
       im.verify()  # cheap structural check; full decoding happens when reading
+    with Image.open(io.BytesIO(data)) as im:
+      size = images.displayed_size(im)   # as decoded: EXIF orientation applied
   except Exception as e:  # PIL raises several types for broken files
     raise ValueError(f'image {rec["image_id"]}: cannot decode {path}: {e}') from e
   if size != (rec['width'], rec['height']):
@@ -236,13 +245,67 @@ def build(data_root: str, splits: Union[Sequence[str], SplitFiles], out_dir: str
   return _build_local(files, ids, out_dir, overwrite)
 
 
+def source_fingerprint(ann_file: str, image_dir: str) -> dict:
+  """What a split was built from: its annotation file's SHA-256 and the number
+  and total size of the image files it names (one folder listing)."""
+  data = storage.read_bytes(ann_file)
+  try:
+    names = [im['file_name'] for im in json.loads(data).get('images', [])]
+  except (ValueError, TypeError, KeyError):
+    names = []   # load_coco reports the file's problem
+  sizes = storage.file_sizes(image_dir) if storage.isdir(image_dir) else {}
+  return dict(annotations_sha256=hashlib.sha256(data).hexdigest(), images=len(names),
+              image_bytes=int(sum(sizes.get(n, 0) for n in names)),
+              missing_images=sum(n not in sizes for n in names))
+
+
+def source_changes(built: Mapping, ann_file: str, image_dir: str) -> Optional[str]:
+  """How a split's source differs from the one it was built from (None: the
+  same, or a dataset built before fingerprints were kept)."""
+  old = built.get('fingerprint')
+  if not old:
+    return None
+  new = source_fingerprint(ann_file, image_dir)
+  if new['annotations_sha256'] != old['annotations_sha256']:
+    return f'{ann_file} changed'
+  if (new['image_bytes'], new['missing_images']) != (old['image_bytes'], old['missing_images']):
+    return (f'the images in {image_dir} changed ({old["image_bytes"]} bytes when built, '
+            f'{new["image_bytes"]} now)')
+  return None
+
+
+def _refuse_stale(builder_or_info, files: SplitFiles, target: str):
+  """Raises when an existing dataset was built from another version of ``files``."""
+  meta = builder_or_info.info.metadata.get('splits', {})
+  changed = [f'{split}: {why}' for split, (ann, images_dir) in files.items() if split in meta
+             for why in [source_changes(meta[split], ann, images_dir)] if why]
+  if changed:
+    raise ValueError(f'{target} was built from another version of its source '
+                     f'({"; ".join(changed)}): rebuild it with make_tfds.py --overwrite '
+                     '(tfds_coco.build(..., overwrite=True))')
+
+
+class _ToLog(io.TextIOBase):
+  """TFDS's prints ("Downloading and preparing ...", nothing is downloaded) go
+  to the log file, not the console."""
+
+  def write(self, text):
+    if text.strip():
+      logging.getLogger('tensorflow_datasets').info(text.strip())
+    return len(text)
+
+
 def _build_local(files: SplitFiles, ids, out_dir: str, overwrite: bool) -> ZsiCoco:
   target = os.path.join(out_dir, 'zsi_coco', VERSION)
   if overwrite and os.path.exists(target):
     shutil.rmtree(target)
+  if os.path.exists(os.path.join(target, 'dataset_info.json')):
+    _refuse_stale(tfds.builder_from_directory(target), files, target)
   builder = ZsiCoco(split_files=files, split_cat_ids=ids, data_dir=out_dir,
                     file_format='array_record')
-  builder.download_and_prepare(download_dir=os.path.join(out_dir, 'downloads'))
+  tfds.disable_progress_bar()   # one bar of our own per split instead of TFDS's nested ones
+  with contextlib.redirect_stdout(_ToLog()):
+    builder.download_and_prepare(download_dir=os.path.join(out_dir, 'downloads'))
   missing = set(files) - set(builder.info.splits.keys())
   if missing:
     raise ValueError(f'{target} exists without splits {sorted(missing)}: build into a new '
@@ -253,7 +316,9 @@ def _build_local(files: SplitFiles, ids, out_dir: str, overwrite: bool) -> ZsiCo
 def _build_and_upload(files: SplitFiles, ids, url: str, overwrite: bool) -> ZsiCoco:
   target = storage.join(url, 'zsi_coco', VERSION)
   if storage.exists(storage.join(target, 'dataset_info.json')) and not overwrite:
-    have = set(tfds.builder_from_directory(storage.local_copy(target)).info.splits.keys())
+    existing = tfds.builder_from_directory(storage.local_copy(target))
+    _refuse_stale(existing, files, target)
+    have = set(existing.info.splits.keys())
     if set(files) - have:
       raise ValueError(f'{target} exists without splits {sorted(set(files) - have)}: build '
                        'into a new out_dir or pass overwrite=True')

@@ -172,7 +172,7 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
       if not bool(metrics['finite']):
         m = jax.device_get(metrics)
         bad = [k for k, v in m.items() if k != 'finite' and not np.isfinite(v)]
-        manager.wait_until_finished()
+        ckpt_lib.wait(manager)
         last = manager.latest_step()
         kept = (f'the last good checkpoint is step {last} in {ckpt_lib.checkpoint_dir(workdir)}'
                 if last is not None else
@@ -210,7 +210,7 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
         if manager.latest_step() != done:
           ckpt_lib.save(manager, done, state, config.checkpoint_every, data_state=data_state,
                         force=True)
-        manager.wait_until_finished()
+        ckpt_lib.wait(manager)
         writer.flush()
         raise preemption.Preempted(done, stop, ckpt_lib.checkpoint_dir(workdir))
   finally:
@@ -218,7 +218,7 @@ def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, e
       bar.close()
     if hasattr(it, 'close'):          # stops a pipeline's threads and worker processes
       it.close()
-    manager.wait_until_finished()
+    ckpt_lib.wait(manager)
     writer.close()
   return state
 
