@@ -154,7 +154,7 @@ def test_predict_skips_unreadable_images_and_writes_the_rest(workdir, data, tmp_
   # --max_classes above the dataset's 48.
   r = _run(['predict.py', '--workdir', workdir, '--data_root', data, '--input', str(folder),
             '--classes', 'unseen', '--max_classes', '64', '--out', str(out)])
-  _one_line_error(r, 'skipped 1 unreadable image', 'a_broken.png')
+  _one_line_error(r, 'skipped 1 image(s)', 'a_broken.png', 'cannot decode')
   with open(out / 'images.json') as f:
     written = [os.path.basename(im['file_name']) for im in json.load(f)]
   assert written == images + ['z_grey16.png']
@@ -177,3 +177,47 @@ def test_predictor_without_its_dataset_names_the_flag(workdir):
   from zsi_jax.inference import Predictor
   with pytest.raises(FileNotFoundError, match='--data_root'):
     Predictor.from_checkpoint(workdir)
+
+
+def test_eval_scores_every_split_at_one_checkpoint(workdir, data, monkeypatch):
+  # Training writes checkpoint 4 while eval.py --split zsi,gzsi runs on step 2.
+  restored = []
+  original = ckpt_lib.restore_variables
+
+  def restore_then_train_on(*args, **kwargs):
+    out = original(*args, **kwargs)
+    restored.append(out[1])
+    if not os.path.exists(os.path.join(ckpt_lib.checkpoint_dir(workdir), '4')):
+      _copy_with_newer_step(workdir, 4)
+    return out
+  monkeypatch.setattr(ckpt_lib, 'restore_variables', restore_then_train_on)
+  metrics = runner.evaluate_splits(workdir, ['zsi', 'gzsi'], data_root=data,
+                                   log=lambda *_: None)
+  assert restored == [2]
+  assert metrics['zsi']['step'] == metrics['gzsi']['step'] == 2
+
+
+def test_word_vectors_of_another_dimension_name_the_file_and_both(workdir, data, tmp_path):
+  from zsi_jax.inference import Predictor
+  path = tmp_path / 'glove5.txt'
+  path.write_text('2 5\nzebra 1 0 0 0 0\ncrossing 0 1 0 0 0\n')
+  p = Predictor.from_checkpoint(workdir, data_root=data, word_vectors=str(path))
+  with pytest.raises(ValueError, match=r'glove5.txt: 5-dimensional word vectors, but the model '
+                                       r'compares 16-dimensional ones'):
+    p.class_vectors(['red star', 'zebra crossing'])
+
+
+def test_data_prep_scripts_report_one_line_and_take_both_flag_spellings(tmp_path):
+  r = _run(['data_prep/make_coco_splits.py', '--coco_root', str(tmp_path / 'no_coco'),
+            '--split', '65_15'])
+  _one_line_error(r, 'instances_train2014.json', 'not found')
+  r = _run(['data_prep/make_shapes.py', '--num_train', 'many'])
+  _one_line_error(r, '--num_train', 'many')
+  r = _run(['data_prep/make_word_vectors.py', '--classes', '65_15'])
+  _one_line_error(r, '--vectors', '--out')
+  out = str(tmp_path / 'shapes')
+  r = _run(['data_prep/make_shapes.py', '--num-train', '2', '--num_val', '1', '--num-test', '1',
+            '--size', '32', '--out', out])
+  assert r.returncode == 0, r.stderr[-2000:]
+  with open(os.path.join(out, 'annotations', 'train.json')) as f:
+    assert len(json.load(f)['images']) == 2

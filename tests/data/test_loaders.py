@@ -102,3 +102,36 @@ def test_grain_mistakes_are_named(data, tmp_path):
   assert tfds_coco.split_metadata(only_train, 'val')['cat_ids'] == seen
   with pytest.raises(ValueError, match="split 'train' was built for category ids"):
     split_loader(_config(root, 'grain', out), info, 'train', seen[::-1], train=True)
+
+
+def test_a_dataset_built_from_another_version_of_its_source_is_refused(tmp_path):
+  root = str(tmp_path / 'shapes')
+  make = lambda seed: shapes.generate(root, shapes.ShapesConfig(
+      image_size=64, num_train=6, num_val=2, num_test=3, min_radius=8, max_radius=14,
+      vector_dim=16, seed=seed), log=lambda *_: None)
+  make(0)
+  out = str(tmp_path / 'tfds')
+  command = [sys.executable, 'data_prep/make_tfds.py', '--root', root, '--out', out]
+  r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0 and 'wrote' in r.stdout, r.stderr[-2000:]
+  # Nothing of TFDS's own wording ("downloaded") or its cursor escapes on the console.
+  assert 'download' not in (r.stdout + r.stderr).lower() and '\x1b[A' not in r.stderr
+  r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0 and 'was already built from this source' in r.stdout
+  info = datasets.load_dataset(root)
+  seen = info.cat_ids(info.seen)
+  split_loader(_config(root, 'grain', out), info, 'train', seen, train=True)
+  make(1)   # the source regenerated: other images, other annotations
+  r = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 1 and r.stderr.startswith(
+      f'error: {out}/zsi_coco/1.0.0 was built from another version of its source (train: '
+      f'{root}/annotations/train.json changed'), r.stderr[-2000:]
+  assert '--overwrite' in r.stderr.splitlines()[0]
+  with pytest.raises(ValueError, match=r"split 'train' was built from another version of .*"
+                                       r"--overwrite"):
+    split_loader(_config(root, 'grain', out), datasets.load_dataset(root), 'train', seen,
+                 train=True)
+  r = subprocess.run(command + ['--overwrite'], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  split_loader(_config(root, 'grain', out), datasets.load_dataset(root), 'train', seen,
+               train=True)
