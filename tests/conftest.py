@@ -13,8 +13,13 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # executable is the same, so results are too.
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="zsi_jax_test_cache_"))
+_CACHE = tempfile.mkdtemp(prefix="zsi_jax_test_cache_")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+# The scripts the tests run as subprocesses (train.py, eval.py, predict.py,
+# export.py) share it: each compiles the same tiny programs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 
 # A Google Cloud Storage emulator on 127.0.0.1, for the tests of bucket

@@ -92,7 +92,7 @@ def test_resume_logs_every_step_once_and_says_what_it_accepted(trained, tmp_path
   assert 'resuming with total_steps = 5 (was 3)' in r.stderr
   # A quiet console: no absl prefixes; the ETA starts after compilation; a closing summary.
   assert not [l for l in r.stderr.splitlines() if re.match(r'[IWEF]\d{4} ', l)], r.stderr
-  assert r.stderr.index('compiling the train step') < r.stderr.index('train:')
+  assert r.stderr.index('compiling the train step') < r.stderr.index('%|')
   ckpt = os.path.join(workdir, 'checkpoints')
   assert f'trained to step 5; checkpoint 5 in {ckpt}' in r.stdout
   assert f'python eval.py --workdir {workdir}' in r.stdout
