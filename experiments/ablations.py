@@ -306,6 +306,10 @@ PRESET_TEXT = {
 }
 
 
+DISCUSSION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs',
+                          'results', 'discussion.md')
+
+
 def write_results(res: Dict[str, Dict[str, Dict[int, Dict[str, dict]]]], seeds: Sequence[int],
                   steps: int, ablation_steps: int, out: str):
   """Writes docs/RESULTS.md from {preset: {variant: {seed: {setting: metrics}}}}."""
@@ -328,6 +332,10 @@ def write_results(res: Dict[str, Dict[str, Dict[int, Dict[str, dict]]]], seeds: 
   for preset in PRESETS:
     if res.get(preset):
       L += _preset_section(preset, res[preset], seeds, steps, ablation_steps)
+  # The discussion of the tables is written by hand and kept beside the metrics.
+  if os.path.exists(DISCUSSION):
+    with open(DISCUSSION) as f:
+      L += ['', f.read().rstrip()]
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, 'w') as f:
     f.write('\n'.join(L) + '\n')
