@@ -15,7 +15,7 @@ def coco_config(split: str, learning_rate: float, warmup_steps: int) -> ml_colle
   c.data.image_size = (1344, 1344)
   c.data.scale = (800, 1333)
   c.data.batch_size = 8                    # global: 8 images (authors: 4 GPUs x 2)
-  # Grain worker processes decode in parallel past the GIL (README, "Input
+  # Grain worker processes decode in parallel past the GIL (docs/DATA.md, "Input
   # pipelines"); build the dataset with data_prep/make_tfds.py first.
   c.data.pipeline = 'grain'
   c.data.tfds_dir = f'data/coco/zsi_{split}_tfds'

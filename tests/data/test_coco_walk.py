@@ -1,4 +1,4 @@
-"""The README's "COCO 2014" section walked command by command on a
+"""The COCO recipe (README, "Data"; docs/COCO.md) walked command by command on a
 COCO-2014-shaped stand-in (coco_standin.py): make_coco_splits.py (65/15 and
 48/17); make_tfds.py, run as train.py's own error prints it; train.py with
 configs/coco_65_15.py at its real model and canvas (R101-FPN, 1344x1344; only

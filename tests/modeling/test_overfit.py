@@ -31,7 +31,7 @@ def test_overfit_two_images(tmp_path):
   c = tiny.get_config()
   # lr 0.02 (the shapes config's) is too high for heads this narrow: the
   # reconstruction losses then collapse the box-head features to a constant
-  # and classification stalls at the label entropy (README, "Reconstruction
+  # and classification stalls at the label entropy (docs/TRAINING.md, "Reconstruction
   # collapse"). At 0.01 the box losses oscillate and whether 600 steps fit
   # depends on the CPU's rounding; 0.007 and 32 mask channels fit with a 2x
   # margin under each convolution form tried (final loss 0.27-0.33).

@@ -6,7 +6,7 @@ between them when it resumes. ``data.pipeline`` chooses:
 
 - 'threads': :class:`input_pipeline.Loader` reads the COCO json and image
   files of ``data.root`` and decodes with ``data.threads`` threads. Simple,
-  no preparation; one Python process, so the GIL caps it (README, "Input
+  no preparation; one Python process, so the GIL caps it (docs/DATA.md, "Input
   pipelines").
 - 'grain': :class:`grain_pipeline.GrainLoader` reads the TFDS array_record
   dataset in ``data.tfds_dir`` (``python data_prep/make_tfds.py``) and
