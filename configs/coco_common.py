@@ -26,4 +26,11 @@ def coco_config(split: str, learning_rate: float, warmup_steps: int) -> ml_colle
   # (--config.data.batch_size=2*devices) scale it linearly.
   c.optim.reference_batch = 8
   c.num_epochs = 12
+  # The authors' optional vocabulary projection in the box head (off, as in
+  # their default): make the matrix from the GoogleNews vectors with
+  #   python data_prep/make_word_vectors.py --vectors GoogleNews-vectors-negative300.bin \
+  #     --classes SPLIT --out /tmp/unused.txt \
+  #     --vocabulary zsi_jax/assets/pl_zsd/vocabulary_list.txt --vocab_out DATA_ROOT/vocabulary.txt
+  # and train with --config.data.vocabulary=vocabulary.txt
+  # --config.model.box_head.vocabulary_size=V (V: the words found, printed).
   return c

@@ -4,6 +4,9 @@ python data_prep/make_word_vectors.py --vectors GoogleNews-vectors-negative300.b
     --classes 65_15|48_17|names.txt|split.json --out class_vectors.txt \
     [--vocabulary zsi_jax/assets/pl_zsd/vocabulary_list.txt --vocab_out vocab.txt]
 Class order: the split's seen then unseen classes (or the lines of names.txt).
+--vocab_out is the box head's vocabulary matrix (D rows x V words): put it in
+the dataset root and train with --config.data.vocabulary=vocab.txt
+--config.model.box_head.vocabulary_size=V (V printed below).
 """
 import os
 import sys

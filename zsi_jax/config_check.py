@@ -35,8 +35,7 @@ CHOICES = {
 # Keys of configs saved by earlier versions that no longer exist (their
 # meaning is now fixed or derived), and retired values with their successor.
 RETIRED_KEYS = ('model.mask_head.mask_size',        # always 2 x roi_size
-                'model.mask_head.fused_backward',   # one bucketed mask loss
-                'data.vocabulary')                  # was never read
+                'model.mask_head.fused_backward')   # one bucketed mask loss
 RETIRED_VALUES = {('model.conv_impl', 'gemm'): 'auto', ('model.conv_impl', 'mixed'): 'auto'}
 # Keys that were renamed: old dotted key -> new one.
 RENAMED_KEYS = {'data.num_workers': 'data.threads'}
@@ -177,6 +176,9 @@ def validate(config: ml_collections.ConfigDict):
   if config.model.backbone.depth not in depths:
     raise ConfigError(f'config.model.backbone.depth={config.model.backbone.depth!r}; choose one '
                       f'of {", ".join(map(str, depths))}')
+  if bool(config.data.vocabulary) != bool(config.model.box_head.vocabulary_size):
+    raise ConfigError('config.data.vocabulary (the file) and config.model.box_head.'
+                      'vocabulary_size (its V words) go together: set both or neither')
   if config.model.backbone.norm == 'group_norm' and config.init.backbone:
     raise ConfigError('config.init.backbone loads ImageNet BatchNorm weights; use '
                       "model.backbone.norm='frozen_bn' or 'batch_norm' with it")

@@ -86,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
       threads=2,                           # decoding threads (per worker process under grain)
       workers=0,                           # grain worker processes (0: decode in the trainer)
       max_classes=0,                       # rows of the padded class matrix; 0: the split's
+      # A fixed vocabulary for the box head's projection (the authors' COCO
+      # recipe): a file in data.root (D rows x V columns, as
+      # make_word_vectors.py --vocab_out writes it); needs
+      # model.box_head.vocabulary_size = V. '': none.
+      vocabulary='',
   )
   c.model = model_config()
   # torchvision ImageNet ResNet weights (.pth, or .npz/.safetensors without

@@ -98,6 +98,27 @@ def read_vector_file(path: str, num_classes: int):
   return mat[:, 1:].T.astype(np.float32), mat[:, 0].astype(np.float32)
 
 
+def read_vocabulary_file(path: str, size: int, dim: int) -> np.ndarray:
+  """A vocabulary file (D rows x V comma-separated columns) -> [V, D] float32,
+  checked against the model's ``size`` (V) and the class vectors' ``dim`` (D)."""
+  if not storage.exists(path):
+    raise FileNotFoundError(f'vocabulary file not found: {path} (config.data.vocabulary; '
+                            'make it with data_prep/make_word_vectors.py --vocabulary WORDS '
+                            '--vocab_out FILE)')
+  try:
+    mat = np.loadtxt(io.StringIO(storage.read_text(path)), delimiter=',', dtype=np.float64,
+                     ndmin=2)
+  except ValueError as e:
+    raise ValueError(f'{path}: not a comma-separated matrix of numbers: {e}') from e
+  if mat.shape != (dim, size):
+    raise ValueError(f'{path}: {mat.shape[0]} dimensions x {mat.shape[1]} words, but the class '
+                     f'vectors have {dim} dimensions and config.model.box_head.vocabulary_size '
+                     f'is {size}')
+  if not np.all(np.isfinite(mat)):
+    raise ValueError(f'{path}: contains NaN or inf')
+  return mat.T.astype(np.float32)
+
+
 def _make_hint(root: str) -> str:
   """The command that writes a dataset at ``root``: a COCO split for a root named
   like one (``zsi_65_15``, as in the COCO configs), else ZSI-Shapes."""

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax import config_check, storage
+from zsi_jax.data import datasets
 from zsi_jax.data.datasets import pad_class_vectors
 from zsi_jax.training import mesh as mesh_lib
 from zsi_jax.training import preemption, workdir_lock
@@ -47,6 +48,10 @@ def training_data(config: ml_collections.ConfigDict, info) -> Tuple[Any, Dict[st
   loader = split_loader(config, info, 'train', info.cat_ids(info.seen), train=True)
   data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
               image_size=tuple(config.data.image_size))
+  if config.data.vocabulary:
+    data['vocabulary'] = datasets.read_vocabulary_file(
+        storage.join(info.root, config.data.vocabulary),
+        config.model.box_head.vocabulary_size, int(info.vectors.shape[1]))
   return loader, data
 
 
