@@ -16,8 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zsi_jax import cli  # noqa: E402
-from zsi_jax.data import splits, word_vectors  # noqa: E402
-from zsi_jax.data.shapes import write_vector_file  # noqa: E402
+from zsi_jax.data import datasets, splits, word_vectors  # noqa: E402
 
 
 def class_names(spec):
@@ -42,7 +41,7 @@ def main(argv=None):
   kv = word_vectors.load_keyed_vectors(a.vectors, a.binary, a.no_header)
   names = class_names(a.classes)
   vecs, bg = word_vectors.class_vectors(kv, names, a.norm)
-  write_vector_file(a.out, vecs, bg)
+  datasets.write_vector_file(a.out, vecs, bg)
   print(f'{a.out}: {len(names)} classes x {vecs.shape[1]} dims')
   if a.vocabulary:
     with open(a.vocabulary) as f:

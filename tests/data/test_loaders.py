@@ -135,3 +135,12 @@ def test_a_dataset_built_from_another_version_of_its_source_is_refused(tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
   split_loader(_config(root, 'grain', out), datasets.load_dataset(root), 'train', seen,
                train=True)
+
+
+def test_both_pipelines_are_batch_loaders(data):
+  from zsi_jax.data.loaders import BatchLoader
+  root, out = data
+  info = datasets.load_dataset(root)
+  for config in (_config(root, 'threads'), _config(root, 'grain', out)):
+    loader = split_loader(config, info, 'train', info.cat_ids(info.seen), train=True)
+    assert isinstance(loader, BatchLoader), type(loader)

@@ -98,6 +98,13 @@ def read_vector_file(path: str, num_classes: int):
   return mat[:, 1:].T.astype(np.float32), mat[:, 0].astype(np.float32)
 
 
+def write_vector_file(path: str, vectors: np.ndarray, background: np.ndarray):
+  """The authors' format (``read_vector_file``'s): D rows x (1 + K) comma-separated
+  columns, column 0 = background."""
+  mat = np.concatenate([background[:, None], vectors.T], axis=1)
+  storage.write_text(path, '\n'.join(','.join(f'{x:.9e}' for x in row) for row in mat) + '\n')
+
+
 def read_vocabulary_file(path: str, size: int, dim: int) -> np.ndarray:
   """A vocabulary file (D rows x V comma-separated columns) -> [V, D] float32,
   checked against the model's ``size`` (V) and the class vectors' ``dim`` (D)."""

@@ -15,7 +15,9 @@ between them when it resumes. ``data.pipeline`` chooses:
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Dict, Iterator, Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
 
 from zsi_jax import storage
 from zsi_jax.data import tfds_coco
@@ -24,9 +26,35 @@ from zsi_jax.data.input_pipeline import Loader, load_coco
 logger = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class BatchLoader(Protocol):
+  """What training and evaluation use of a pipeline; ``Loader`` and
+  ``GrainLoader`` both are one (tests/data/test_loaders.py checks it).
+
+  Batches are dicts of fixed-shape NumPy arrays (docs/INTERFACES.md), this
+  process's slice of each global batch.
+  """
+  plan: object   # the step -> records plan (input_pipeline.BatchPlan)
+
+  @property
+  def steps_per_epoch(self) -> int: ...
+
+  def describe(self) -> Dict[str, object]:
+    """What the order is a function of besides the step (saved with checkpoints)."""
+
+  def image_ids(self) -> Sequence[int]:
+    """COCO image ids of the records read, in order."""
+
+  def train_iterator(self, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+    """Endless training batches from ``start_step`` on (shuffled, flipped)."""
+
+  def eval_iterator(self) -> Iterator[Dict[str, np.ndarray]]:
+    """One pass in file order, the last batch padded with empty images."""
+
+
 def split_loader(config, info, split: str, cat_ids: Sequence[int], train: bool,
                  max_images: int = 0, single_process: bool = False,
-                 batch_size: Optional[int] = None):
+                 batch_size: Optional[int] = None) -> BatchLoader:
   """The loader of one split of a dataset.
 
   Args:
@@ -39,8 +67,7 @@ def split_loader(config, info, split: str, cat_ids: Sequence[int], train: bool,
     single_process: this process reads the whole batch, not its slice.
     batch_size: the global batch (default: the config's ``data.batch_size``).
   Returns:
-    a ``Loader`` or ``GrainLoader`` (``train_iterator``, ``eval_iterator``,
-    ``steps_per_epoch``, ``plan``, ``image_ids``).
+    a ``Loader`` or ``GrainLoader``, both a :class:`BatchLoader`.
   """
   d = config.data
   shape = dict(batch_size=batch_size or d.batch_size, image_size=tuple(d.image_size), scale=tuple(d.scale),

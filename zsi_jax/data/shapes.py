@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from zsi_jax.data import datasets
+
 # Every color a preset may use (RGB); a preset picks its own list.
 COLORS = {
     'red': (220, 40, 40), 'green': (40, 180, 60), 'blue': (50, 80, 230),
@@ -275,12 +277,6 @@ def write_word2vec_text(path: str, vectors: Dict[str, np.ndarray]):
       f.write(w + ' ' + ' '.join(f'{x:.9e}' for x in v) + '\n')
 
 
-def write_vector_file(path: str, vectors: np.ndarray, background: np.ndarray):
-  """The authors' format: D rows x (1 + K) comma-separated columns, column 0 = background."""
-  mat = np.concatenate([background[:, None], vectors.T], axis=1)
-  np.savetxt(path, mat, delimiter=',', fmt='%.9e')
-
-
 def _annotation(ann_id, image_id, cat_id, m):
   rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
   x, y, w, h = mask_utils.toBbox(rle).tolist()
@@ -355,7 +351,7 @@ def generate(out_dir: str, cfg: ShapesConfig = ShapesConfig(), log=print) -> Dic
   for kind, suffix in (('semantic', ''), ('onehot', '_onehot'), ('random', '_random')):
     vecs, bg = class_vectors(order, cfg.vector_dim, cfg.seed, kind)
     files[kind] = f'class_vectors{suffix}.txt'
-    write_vector_file(os.path.join(out_dir, files[kind]), vecs, bg)
+    datasets.write_vector_file(os.path.join(out_dir, files[kind]), vecs, bg)
   words = sorted({w for n in all_names for w in n.split()})
   write_word2vec_text(os.path.join(out_dir, 'word_vectors.txt'),
                       word_vectors(words, cfg.vector_dim, cfg.seed))
