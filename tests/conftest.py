@@ -26,19 +26,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 # workdirs and datasets (tools/gcs_emulator.py; one per test process).
 import pytest  # noqa: E402
 
-from tests.scripts import run_script  # noqa: E402
+from tests.scripts import run_script, tiny_shapes  # noqa: E402
 
 
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """A tiny ZSI-Shapes dataset and a 3-step tiny checkpoint trained on it by train.py
   (with the periodic seen-class evaluation switched on): (data root, workdir)."""
-  from zsi_jax.data import shapes
   base = tmp_path_factory.mktemp('tiny')
-  data = str(base / 'data')
-  shapes.generate(data, shapes.ShapesConfig(image_size=64, num_train=8, num_val=2, num_test=4,
-                                            min_radius=8, max_radius=14, vector_dim=16),
-                  log=lambda *_: None)
+  data = tiny_shapes(base / 'data')
   workdir = str(base / 'run')
   r = run_script(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
                   f'--config.data.root={data}', '--config.total_steps=3',

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from zsi_jax.data import shapes
 from zsi_jax.evaluation import runner
+
+from tests.scripts import tiny_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'workdir_0804213')
@@ -17,10 +18,7 @@ FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'workdir_0804213')
 @pytest.fixture(scope='module')
 def workdir_and_data(tmp_path_factory):
   base = tmp_path_factory.mktemp('calibration')
-  data = str(base / 'data')
-  shapes.generate(data, shapes.ShapesConfig(image_size=64, num_train=4, num_val=2, num_test=4,
-                                            min_radius=8, max_radius=14, vector_dim=16),
-                  log=lambda *_: None)
+  data = tiny_shapes(base / 'data', num_train=4)
   workdir = str(base / 'run')
   shutil.copytree(FIXTURE, workdir)
   # Score threshold 0: every class of every proposal competes for the top 10,
