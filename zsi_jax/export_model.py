@@ -11,6 +11,7 @@ bfloat16 (half the file).
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import zipfile
 from typing import Optional, Sequence, Tuple
@@ -106,7 +107,6 @@ def export(model: trained.TrainedModel, out: str, image_size: Optional[Tuple[int
       code_version=zsi_jax.__version__, jax_version=jax.__version__,
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
-  import io
   buf = io.BytesIO()
   with zipfile.ZipFile(buf, 'w', compression=zipfile.ZIP_STORED) as archive:
     archive.writestr(METADATA, json.dumps(metadata, indent=1))

@@ -22,6 +22,7 @@ Loading imports jax, NumPy and Pillow (and gensim for word vectors), never
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -139,7 +140,6 @@ class ExportedModel(Segmenter):
 def _extract(archive: zipfile.ZipFile, member: str, path: str) -> str:
   """A member of the archive as a file in this host's cache (gensim reads files)."""
   data = archive.read(member)
-  import hashlib
   digest = hashlib.sha256(data).hexdigest()[:16]
   out = os.path.join(storage.cache_dir(), 'exported', digest, os.path.basename(member))
   if not os.path.exists(out) or os.path.getsize(out) != len(data):
