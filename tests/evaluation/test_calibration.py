@@ -63,3 +63,28 @@ def test_zsi_ignores_the_calibration(workdir_and_data):
   b = runner.evaluate(workdir, 'zsi', data_root=data, calibration=-1.0, log=lambda *_: None)
   same = lambda x, y: json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)  # NaN-aware
   assert same(a['box'], b['box']) and same(a['mask'], b['mask'])
+
+
+def test_evaluation_reports_touching_and_apart_objects(workdir_and_data):
+  # The touching objects of ZSI are found among all objects of the image
+  # (the GZSI file), checked here with scipy's dilation.
+  from pycocotools import mask as mask_utils
+  from scipy import ndimage
+  workdir, data = workdir_and_data
+  m = runner.evaluate(workdir, 'zsi', data_root=data, log=lambda *_: None)
+  with open(os.path.join(data, 'annotations', 'test_zsi.json')) as f:
+    zsi = json.load(f)
+  with open(os.path.join(data, 'annotations', 'test_gzsi.json')) as f:
+    everything = json.load(f)['annotations']
+  decoded = {a['id']: mask_utils.decode(a['segmentation']).astype(bool) for a in everything}
+  touching = 0
+  for a in zsi['annotations']:
+    grown = ndimage.binary_dilation(decoded[a['id']], structure=np.ones((3, 3), bool))
+    touching += any((grown & decoded[b['id']]).any() for b in everything
+                    if b['image_id'] == a['image_id'] and b['id'] != a['id'])
+  for kind in ('box', 'mask'):
+    c = m['contact'][kind]
+    assert c['touching']['objects'] == touching
+    assert c['apart']['objects'] == len(zsi['annotations']) - touching
+  assert touching > 0 and len(zsi['annotations']) - touching > 0
+  assert 'touching' in runner.format_table(m)

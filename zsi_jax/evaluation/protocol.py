@@ -13,6 +13,12 @@ recall/AP -1 in COCOeval and is left out of every mean; a mean over no
 category is NaN; an empty result set gives recall 0 and AP 0 for every
 category with ground truth (pycocotools cannot load an empty result list, so
 that case is computed here directly).
+
+Contact (``contact_metrics``): the same recall and AP at IoU 0.5 for the
+objects that touch another annotated object of their image and for those that
+do not, each with the other group's ground truth ignored the way COCOeval
+ignores crowds (a detection matched to an ignored object counts neither as a
+hit nor as a false positive).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
+from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from zsi_jax.jsonio import read_json
 
@@ -94,8 +101,22 @@ def load_ground_truth(ann_file: str, cat_ids: Sequence[int]) -> COCO:
   return gt
 
 
+class _SubsetEval(COCOeval):
+  """COCOeval that also ignores the ground truth outside ``keep`` (annotation ids)."""
+
+  def __init__(self, gt, dt, iou_type, keep):
+    super().__init__(gt, dt, iou_type)
+    self._keep = keep
+
+  def _prepare(self):
+    super()._prepare()
+    for objects in self._gts.values():
+      for g in objects:
+        g['ignore'] = g['ignore'] or g['id'] not in self._keep
+
+
 def run_cocoeval(gt: COCO, results: List[dict], iou_type: str, cat_ids: Sequence[int],
-                 iou_thresholds: Sequence[float] = IOU_THRESHOLDS):
+                 iou_thresholds: Sequence[float] = IOU_THRESHOLDS, keep=None):
   """Runs COCOeval and returns per-category recall@100 and AP for each threshold.
 
   Args:
@@ -104,18 +125,22 @@ def run_cocoeval(gt: COCO, results: List[dict], iou_type: str, cat_ids: Sequence
     iou_type: 'bbox' or 'segm'.
     cat_ids: categories to evaluate, in the split's order.
     iou_thresholds: IoU thresholds.
+    keep: None, or the annotation ids to score: the others are ignored (a
+      detection matched to one is neither a hit nor a false positive).
   Returns:
     dict(recall [T, K], ap [T, K]) float arrays; NaN where a category has no
     ground truth (COCOeval's -1).
   """
   t, k = len(iou_thresholds), len(cat_ids)
-  has_gt = np.array([len(gt.getAnnIds(catIds=[c], iscrowd=False)) > 0 for c in cat_ids])
+  has_gt = np.array([any(keep is None or a in keep for a in gt.getAnnIds(catIds=[c],
+                                                                      iscrowd=False))
+                     for c in cat_ids])
   if not results:
     zero = np.where(has_gt[None, :], 0.0, np.nan) * np.ones((t, 1))
     return dict(recall=zero.copy(), ap=zero.copy())
   with _quiet():
     dt = gt.loadRes(copy.deepcopy(results))
-    ev = COCOeval(gt, dt, iou_type)
+    ev = COCOeval(gt, dt, iou_type) if keep is None else _SubsetEval(gt, dt, iou_type, keep)
     ev.params.iouThrs = np.asarray(iou_thresholds, np.float64)
     ev.params.catIds = list(cat_ids)
     ev.params.maxDets = [1, 10, 100]
@@ -170,4 +195,101 @@ def zsi_metrics(gt: COCO, results: List[dict], iou_type: str, cat_ids: Sequence[
       out[f'{name}_recall@100'] = _mean(r['recall'][i50, idx])
     out['hm_map@0.5'] = harmonic_mean(out['seen_map@0.5'], out['unseen_map@0.5'])
     out['hm_recall@100'] = harmonic_mean(out['seen_recall@100'], out['unseen_recall@100'])
+  return out
+
+
+def touching_annotations(annotations: Sequence[dict], images: Sequence[dict]) -> set:
+  """Ids of the annotations whose mask touches or overlaps another annotation's
+  mask in the same image: some pixel of the other lies within one pixel
+  (8-neighbourhood) of the object.
+
+  Args:
+    annotations: COCO annotations (polygon or RLE ``segmentation``), all
+      objects of the images (the possible neighbours as well).
+    images: their COCO image entries (``id``, ``height``, ``width``).
+  """
+  size = {im['id']: (int(im['height']), int(im['width'])) for im in images}
+  by_image: Dict[int, List[dict]] = {}
+  for a in annotations:
+    by_image.setdefault(a['image_id'], []).append(a)
+  touching = set()
+  for image_id, anns in by_image.items():
+    if len(anns) < 2:
+      continue
+    h, w = size[image_id]
+    masks = [_decode(a['segmentation'], h, w) for a in anns]
+    grown = [_dilate(m) for m in masks]
+    near = _boxes_near(np.asarray([a['bbox'] for a in anns], np.float64).reshape(-1, 4))
+    for i in range(len(anns)):
+      for j in range(i + 1, len(anns)):
+        if near[i, j] and (grown[i] & masks[j]).any():
+          touching.update((anns[i]['id'], anns[j]['id']))
+  return touching
+
+
+def _boxes_near(boxes: np.ndarray) -> np.ndarray:
+  """[N, N] bool: the [x, y, w, h] boxes, grown by 2 pixels, intersect (a cheap
+  pre-test: masks that touch always pass it)."""
+  x0, y0 = boxes[:, 0] - 2, boxes[:, 1] - 2
+  x1, y1 = boxes[:, 0] + boxes[:, 2] + 2, boxes[:, 1] + boxes[:, 3] + 2
+  return ((np.minimum(x1[:, None], x1[None]) > np.maximum(x0[:, None], x0[None]))
+          & (np.minimum(y1[:, None], y1[None]) > np.maximum(y0[:, None], y0[None])))
+
+
+def _decode(segmentation, h: int, w: int) -> np.ndarray:
+  """[h, w] bool mask of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
+  if isinstance(segmentation, list):
+    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
+  elif isinstance(segmentation.get('counts'), list):
+    rle = mask_utils.frPyObjects(segmentation, h, w)
+  else:
+    rle = segmentation
+  return mask_utils.decode(rle).astype(bool)
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+  """The mask grown by one pixel in all 8 directions."""
+  p = np.pad(mask, 1)
+  h, w = mask.shape
+  out = np.zeros_like(mask)
+  for dy in range(3):
+    for dx in range(3):
+      out |= p[dy:dy + h, dx:dx + w]
+  return out
+
+
+CONTACT_GROUPS = ('touching', 'apart')
+
+
+def contact_metrics(gt: COCO, results: List[dict], iou_type: str, cat_ids: Sequence[int],
+                    touching: set, seen_cat_ids: Optional[Sequence[int]] = None
+                    ) -> Dict[str, Dict[str, float]]:
+  """Recall@100 and AP at IoU 0.5 of the touching and of the apart objects.
+
+  Args:
+    gt, results, iou_type, cat_ids, seen_cat_ids: as :func:`zsi_metrics`.
+    touching: ids of the annotations that touch another object
+      (:func:`touching_annotations`).
+  Returns:
+    {'touching' | 'apart': dict(objects, ``recall@100``, ``map@0.5``; with
+    ``seen_cat_ids`` also ``seen_``/``unseen_`` of the three)}; means over the
+    categories that have objects of the group.
+  """
+  evaluated = set(int(c) for c in cat_ids)
+  category = {a['id']: int(a['category_id']) for a in gt.dataset['annotations']
+              if int(a['category_id']) in evaluated and not a.get('iscrowd', 0)}
+  groups = {'touching': {a for a in category if a in touching},
+            'apart': {a for a in category if a not in touching}}
+  seen = None if seen_cat_ids is None else set(int(c) for c in seen_cat_ids)
+  out = {}
+  for name, keep in groups.items():
+    r = run_cocoeval(gt, results, iou_type, cat_ids, (0.5,), keep=keep)
+    row = {'objects': len(keep), 'recall@100': _mean(r['recall'][0]), 'map@0.5': _mean(r['ap'][0])}
+    if seen is not None:
+      for part, sel in (('seen', lambda c: c in seen), ('unseen', lambda c: c not in seen)):
+        idx = [j for j, c in enumerate(cat_ids) if sel(int(c))]
+        row[f'{part}_objects'] = sum(1 for a in keep if sel(category[a]))
+        row[f'{part}_recall@100'] = _mean(r['recall'][0, idx])
+        row[f'{part}_map@0.5'] = _mean(r['ap'][0, idx])
+    out[name] = row
   return out

@@ -137,7 +137,7 @@ def calibration_sweep(workdir: str, num: int, step: Optional[int] = None,
   out_dir = storage.join(workdir, 'eval')
   sweep = {'setting': 'gzsi', 'step': int(step), 'scoring': split.scoring,
            'images': n_images, **seconds}
-  scored = [split.score(r, None) for r in tqdm(results, desc='score')]
+  scored = [split.score(r, None, contact=False) for r in tqdm(results, desc='score')]
   for kind in ('box', 'mask'):
     sweep[kind] = calibration_curve(gammas, [s[kind] for s in scored])
   _write_json(out_dir, 'gzsi_calibration.json', sweep, indent=1)
@@ -183,6 +183,12 @@ class _Split:
     self.ann_file = info.annotation_file(SETTINGS[setting])
     # Everything scoring needs is checked before the model runs.
     self.gt = protocol.load_ground_truth(self.ann_file, self.cat_ids)
+    self.neighbours_file = self.ann_file
+    if setting == 'zsi':
+      # ZSI's file holds only the unseen objects; their seen neighbours are in GZSI's.
+      gzsi = info.annotation_file(SETTINGS['gzsi'])
+      self.neighbours_file = gzsi if storage.exists(gzsi) else self.ann_file
+    self._touching = None
     # Each device takes the same number of images per step however many
     # processes share the work, so each image meets the same compiled program.
     per_device = batch_per_device or max(1, config.data.batch_size // jax.device_count())
@@ -266,14 +272,35 @@ class _Split:
                   for key, score in zip(keys, det['scores'][valid])])
     return out
 
-  def score(self, results, results_file: Optional[str]) -> Dict[str, object]:
-    """Box and mask numbers of one results list (ZSD/GZSD and ZSI/GZSI)."""
+  def touching(self) -> set:
+    """Ids of the split's objects that touch another object of their image (once)."""
+    if self._touching is None:
+      images = {im['id'] for im in self.gt.dataset['images']}
+      if self.neighbours_file == self.ann_file:
+        everything = self.gt.dataset
+      else:
+        everything = jsonio.read_json(self.neighbours_file, 'ground-truth file')
+      self._touching = protocol.touching_annotations(
+          [a for a in everything['annotations'] if a['image_id'] in images],
+          self.gt.dataset['images'])
+    return self._touching
+
+  def score(self, results, results_file: Optional[str],
+            contact: bool = True) -> Dict[str, object]:
+    """Box and mask numbers of one results list (ZSD/GZSD and ZSI/GZSI); with
+    ``contact``, also those of the touching and the apart objects."""
     box_results = [{k: v for k, v in r.items() if k != 'segmentation'} for r in results]
     try:
-      return {'box': protocol.zsi_metrics(self.gt, box_results, 'bbox', self.cat_ids,
-                                          self.seen_ids),
-              'mask': protocol.zsi_metrics(self.gt, results, 'segm', self.cat_ids,
-                                           self.seen_ids)}
+      out = {'box': protocol.zsi_metrics(self.gt, box_results, 'bbox', self.cat_ids,
+                                         self.seen_ids),
+             'mask': protocol.zsi_metrics(self.gt, results, 'segm', self.cat_ids,
+                                          self.seen_ids)}
+      if contact:
+        out['contact'] = {kind: protocol.contact_metrics(self.gt, r, iou, self.cat_ids,
+                                                         self.touching(), self.seen_ids)
+                          for kind, r, iou in (('box', box_results, 'bbox'),
+                                               ('mask', results, 'segm'))}
+      return out
     except Exception as e:
       kept = f'; the detections are in {results_file}' if results_file else ''
       raise ScoringError(f'scoring {self.setting} against {self.ann_file} failed: '
@@ -323,7 +350,26 @@ def format_table(m: Dict[str, object]) -> str:
       lines.append(f"{kind:6} {pct(r['seen_map@0.5']):>9} {pct(r['seen_recall@100']):>7} "
                    f"{pct(r['unseen_map@0.5']):>11} {pct(r['unseen_recall@100']):>9} "
                    f"{pct(r['hm_map@0.5']):>7} {pct(r['hm_recall@100']):>6}")
+  if 'contact' in m:
+    lines.extend(format_contact(m['contact']))
   return '\n'.join(lines)
+
+
+def format_contact(contact: Dict[str, dict]) -> list:
+  """The touching / apart rows: recall@100 and mAP at IoU 0.5, box and mask
+  (GZSI: of the unseen and of the seen classes)."""
+  pct = lambda x: f'{100 * x:5.1f}' if x == x else '  nan'
+  parts = [('unseen_', 'unseen '), ('seen_', 'seen ')] if 'seen_map@0.5' in contact[
+      'box']['touching'] else [('', '')]
+  lines = [f"{'IoU 0.5':16} {'objects':>7} {'box R':>6} {'mask R':>6} {'box mAP':>8} "
+           f"{'mask mAP':>8}"]
+  for prefix, label in parts:
+    for group in protocol.CONTACT_GROUPS:
+      box, mask = contact['box'][group], contact['mask'][group]
+      lines.append(f"{label + group:16} {box[prefix + 'objects']:>7} {pct(box[prefix + 'recall@100']):>6} "
+                   f"{pct(mask[prefix + 'recall@100']):>6} {pct(box[prefix + 'map@0.5']):>8} "
+                   f"{pct(mask[prefix + 'map@0.5']):>8}")
+  return lines
 
 
 def format_sweep(sweep: Dict[str, object]) -> str:
