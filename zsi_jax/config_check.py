@@ -87,6 +87,7 @@ RANGES = {
     'model.mask_head.roi_size': POSITIVE, 'model.mask_head.recon_weight': NON_NEGATIVE,
     'model.mask_head.max_rois_per_image': POSITIVE, 'model.mask_head.roi_buckets': POSITIVE,
     'model.mask_head.loss_piece_slots': NON_NEGATIVE,
+    'model.mask_head.neighbour_weight': NON_NEGATIVE,
     'model.test.score_threshold': (0, 1, True, False), 'model.test.nms_threshold': UNIT_HALF_OPEN,
     'model.test.max_detections': POSITIVE, 'model.test.pre_nms_topk': POSITIVE,
     'model.test.mask_threshold': UNIT_OPEN, 'model.test.seen_calibration': (-1, 1, True, True),

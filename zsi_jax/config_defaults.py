@@ -54,7 +54,12 @@ def model_config() -> ml_collections.ConfigDict:
                      # True: pieces beyond the most positives of any image are
                      # not run; False: every piece of the bucket runs (a fixed
                      # mask-head cost per step, for benchmarks at equal work).
-                     skip_empty_pieces=True)
+                     skip_empty_pieces=True,
+                     # Touching objects (docs/RESULTS.md, "Masks of touching
+                     # objects"): add a class-agnostic per-pixel logit to the
+                     # semantic one; weight the BCE of RoI pixels on another
+                     # object by this much (1: plain background).
+                     instance_logit=False, neighbour_weight=1.0)
   # Sync-bg: which heads use the learned v_b, and whether their losses train it
   # (paper: yes; the authors' code detaches it).
   c.sync_bg = dict(det=True, mask=True, gradients=True)

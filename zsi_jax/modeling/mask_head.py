@@ -50,6 +50,12 @@ class SemanticMaskHead(nn.Module):
       per image, one after another (its peak memory is a piece's); 0: whole.
     skip_empty_pieces: run only the pieces up to the most positives of an
       image (else every piece of the bucket: a fixed cost per step).
+    instance_logit: add a class-agnostic per-pixel logit (a 1x1 map of ``O``,
+      zero at initialisation) to every class's semantic logit: a notion of
+      "this instance" that does not come from the word vector.
+    neighbour_weight: BCE weight of the RoI pixels that lie on another
+      ground-truth object (their target is 0, as for the background; 1: the
+      paper's plain BCE).
     conv3x3: the 3x3 convolution layer.
     matmul: ``(x [..., C], kernel [C, O]) -> [..., O]``, the deconvolution's and
       the folded coder's matmul over channels.
@@ -66,6 +72,8 @@ class SemanticMaskHead(nn.Module):
   slot_buckets: Tuple[int, ...]
   loss_piece_slots: int = 0
   skip_empty_pieces: bool = True
+  instance_logit: bool = False
+  neighbour_weight: float = 1.0
   roi_align_form: str = 'gather'
   conv3x3: ModuleDef = Conv3x3
   matmul: Callable[..., Any] = jnp.matmul
@@ -116,8 +124,10 @@ class SemanticMaskHead(nn.Module):
       without ``roi_vectors``: dict with ``semantic`` [N, 28, 28, D] float32,
       ``features`` [N, 28, 28, channels] (the reconstruction target) and
       ``reconstruction`` (same shape, or None);
+      with ``instance_logit`` also ``instance`` [N, 28, 28, 1] float32;
       with ``roi_vectors``: dict with ``logits`` [N, 28, 28, K] float32, the
-      per-pixel dot products ``semantic . roi_vectors``, and with
+      per-pixel dot products ``semantic . roi_vectors`` (plus the instance
+      logit), and with
       ``residual=True`` also ``residual`` [N, 28, 28, channels] float32,
       ``reconstruction - features`` (None without the decoder).
     """
@@ -128,13 +138,20 @@ class SemanticMaskHead(nn.Module):
                                name=f'conv{i + 1}')(x))
     x = nn.relu(Deconv2x(self.channels, kernel_init=init, matmul=self.matmul, dtype=self.dtype,
                          name='deconv')(x))
+    instance = None
+    if self.instance_logit:
+      instance = Linear(1, self.channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                        name='instance')(x).astype(jnp.float32)
     if roi_vectors is None:
       e = self._coder(x, self.semantic_dim, 'E')
       reconstruction = None
       if self.use_decoder:
         reconstruction = self._coder(e, self.channels, 'D').astype(jnp.float32)
-      return dict(semantic=e.astype(jnp.float32), features=x.astype(jnp.float32),
-                  reconstruction=reconstruction)
+      out = dict(semantic=e.astype(jnp.float32), features=x.astype(jnp.float32),
+                 reconstruction=reconstruction)
+      if instance is not None:
+        out['instance'] = instance
+      return out
     then = jnp.swapaxes(roi_vectors, 1, 2).astype(self.dtype)               # [N, D, K]
     with_residual = residual and self.use_decoder
     if self.encoder == '1x1':
@@ -144,7 +161,8 @@ class SemanticMaskHead(nn.Module):
       logits = jnp.einsum('nhwd,ndk->nhwk', e, then)
       res = (self._coder(e, self.channels, 'D').astype(jnp.float32) - x.astype(jnp.float32)
              if with_residual else None)
-    out = dict(logits=logits.astype(jnp.float32))
+    logits = logits.astype(jnp.float32)
+    out = dict(logits=logits if instance is None else logits + instance)
     if residual:
       out['residual'] = res
     return out
@@ -185,7 +203,7 @@ class SemanticMaskHead(nn.Module):
     weight = self.recon_weight * recon_scale
     diff = (list(features[:4]), class_matrix)
     rest = (rois['rois'], rois['labels'], pos, rois['matched_gt'],
-            batch['gt_masks'].astype(jnp.float32), batch['gt_boxes'],
+            batch['gt_masks'].astype(jnp.float32), batch['gt_boxes'], batch['gt_valid'],
             jnp.asarray(weight, jnp.float32))
     pieces = [buckets.pieces(n, self.loss_piece_slots) for n in self.slot_buckets]
     branches = [functools.partial(SemanticMaskHead._loss_in_slots, slots=n, piece_size=size)
@@ -210,7 +228,7 @@ class SemanticMaskHead(nn.Module):
     unweighted recon, number of mask RoIs in this piece)).
     """
     features, class_matrix = diff
-    rois, labels, pos, matched_gt, gt_masks, gt_boxes, weight = rest
+    rois, labels, pos, matched_gt, gt_masks, gt_boxes, gt_valid, weight = rest
     padded = -(-slots // piece_size) * piece_size          # the pieces cover the bucket
     index, valid = jax.vmap(lambda p: _first_true(p, padded))(pos)
     valid = valid & (jnp.arange(index.shape[1]) < slots)
@@ -228,9 +246,14 @@ class SemanticMaskHead(nn.Module):
     head = self.on_boxes(features, m_rois, vectors, residual=True)
     logits = head['logits'][..., 0]
     valid = valid.reshape(-1)
+    weights = valid[:, None, None].astype(jnp.float32)
+    if self.neighbour_weight != 1.0:
+      neighbours = jax.vmap(lambda gm, gb, gv, r, g: targets.neighbour_targets(
+          gm, gb, gv, r, g, output_size=self.mask_size))(gt_masks, gt_boxes, gt_valid, m_rois, m_gt)
+      on_neighbour = neighbours.reshape(logits.shape) * (1.0 - m_targets.reshape(logits.shape))
+      weights = weights * (1.0 + (self.neighbour_weight - 1.0) * on_neighbour)
     bce = L.safe_divide(
-        L.sigmoid_binary_cross_entropy(logits, m_targets.reshape(logits.shape),
-                                       valid[:, None, None]),
+        L.sigmoid_binary_cross_entropy(logits, m_targets.reshape(logits.shape), weights),
         count * self.mask_size ** 2)
     recon = (L.residual_mse(head['residual'], valid, count)
              if head['residual'] is not None else jnp.zeros(()))

@@ -191,3 +191,28 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
 
   vals = jax.vmap(sample)(masks, u, v)
   return (vals >= 0.5).astype(jnp.float32)
+
+
+def neighbour_targets(gt_masks, gt_boxes, gt_valid, rois, matched_gt, output_size: int = 28):
+  """Where the *other* ground-truth objects lie in each RoI's frame.
+
+  For each RoI, the union over every valid gt except its matched one of that
+  gt's :func:`mask_targets` in the RoI: the pixels that belong to a neighbour,
+  which the plain mask target calls background.
+
+  Args:
+    gt_masks: [G, M, M] float (0/1) masks cropped to their own box.
+    gt_boxes: [G, 4] float32.
+    gt_valid: [G] bool (padding rows are never a neighbour).
+    rois: [S, 4] float32.
+    matched_gt: [S] int32 index into G.
+    output_size: static int.
+  Returns:
+    [S, output_size, output_size] float32 in {0, 1}.
+  """
+  g = gt_masks.shape[0]
+  each = jax.vmap(lambda k: mask_targets(gt_masks, gt_boxes, rois,
+                                         jnp.full_like(matched_gt, k), output_size))(
+                                             jnp.arange(g))                  # [G, S, out, out]
+  other = (jnp.arange(g)[:, None] != matched_gt[None, :]) & jnp.asarray(gt_valid)[:, None]
+  return jnp.max(jnp.where(other[..., None, None], each, 0.0), axis=0)
