@@ -60,3 +60,19 @@ def test_thresholds_that_contradict_each_other_are_refused():
   c.model.backbone.depth = 42
   with pytest.raises(ConfigError, match='depth=42; choose one of 18, 34, 50, 101, 152'):
     validate(c)
+
+
+def test_types_come_from_the_defaults():
+  # ml_collections checks a plain field's type on assignment; a sequence's
+  # elements are checked here, against the default's element type.
+  c = shapes.get_config()
+  c.model.anchors.strides = (4.5, 8, 16, 32, 64)
+  with pytest.raises(ConfigError, match=r'anchors.strides=\(4.5, 8, 16, 32, 64\): must be an '
+                                        'integer'):
+    validate(c)
+  c = shapes.get_config()
+  c.model.anchors.scales = (4,)            # an integer is a number
+  validate(c)
+  c.model.anchors.scales = ('large',)
+  with pytest.raises(ConfigError, match='must be a number'):
+    validate(c)

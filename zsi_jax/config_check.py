@@ -4,7 +4,8 @@ completes configs saved by older versions.
 A typo in a config file (``c.optim.lerning_rate``) would otherwise add a key
 that nothing reads, and a wrong choice string would fail deep inside tracing:
 both are reported here with the dotted key and the closest known one. The
-known keys are those of ``config_defaults.base_config()``.
+known keys, their types and allowed values are those of
+``config_defaults.SCHEMA``.
 """
 from __future__ import annotations
 
@@ -14,23 +15,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from zsi_jax.config_defaults import base_config
-from zsi_jax.modeling.build import CONV_IMPLS
-from zsi_jax.modeling.class_space import SCORINGS
-from zsi_jax.modeling.mask_head import ENCODERS
-from zsi_jax.modeling.resnet import STAGE_BLOCKS
-from zsi_jax.ops import roi_align
-
-CHOICES = {
-    'model.dtype': ('float32', 'bfloat16'),
-    'model.backbone.norm': ('frozen_bn', 'batch_norm', 'group_norm'),
-    'model.box_head.regression': ('class_agnostic', 'class_specific'),
-    'model.mask_head.encoder': ENCODERS,
-    'model.test.scoring': SCORINGS,
-    'model.conv_impl': CONV_IMPLS,
-    'model.roi_align_form': roi_align.FORMS,
-    'data.pipeline': ('threads', 'grain'),
-}
+from zsi_jax.config_defaults import SCHEMA, Key, Range, base_config, keys
 
 # Keys of configs saved by earlier versions that no longer exist (their
 # meaning is now fixed or derived), and retired values with their successor.
@@ -49,91 +34,45 @@ class ResumeError(ConfigError):
   """A workdir resumed with settings that change what its steps compute."""
 
 
-# Numeric settings and the range each must lie in: (low, high, low inclusive,
-# high inclusive); None is unbounded. Sequences are checked element by element.
-_ANY = (None, None, True, True)
-POSITIVE = (0, None, False, True)
-NON_NEGATIVE = (0, None, True, True)
-UNIT_OPEN = (0, 1, False, False)           # (0, 1)
-UNIT_HALF_OPEN = (0, 1, False, True)       # (0, 1]
-UNIT_CLOSED = (0, 1, True, True)           # [0, 1]
-RANGES = {
-    'seed': NON_NEGATIVE,
-    'data.image_size': POSITIVE, 'data.scale': POSITIVE, 'data.max_instances': POSITIVE,
-    'data.mask_gt_size': POSITIVE, 'data.batch_size': POSITIVE, 'data.threads': NON_NEGATIVE,
-    'data.workers': NON_NEGATIVE,
-    'data.max_classes': NON_NEGATIVE,
-    'model.backbone.width': POSITIVE, 'model.backbone.frozen_stages': (0, 4, True, True),
-    'model.fpn_channels': POSITIVE,
-    'model.anchors.strides': POSITIVE, 'model.anchors.scales': POSITIVE,
-    'model.anchors.ratios': POSITIVE,
-    'model.rpn.pre_nms_topk_train': POSITIVE, 'model.rpn.post_nms_topk_train': POSITIVE,
-    'model.rpn.pre_nms_topk_test': POSITIVE, 'model.rpn.post_nms_topk_test': POSITIVE,
-    'model.rpn.nms_threshold': UNIT_HALF_OPEN, 'model.rpn.min_size': NON_NEGATIVE,
-    'model.rpn.smooth_l1_beta': NON_NEGATIVE,
-    'model.rpn.targets.positive_threshold': UNIT_CLOSED,
-    'model.rpn.targets.negative_threshold': UNIT_CLOSED,
-    'model.rpn.targets.low_quality_min': UNIT_CLOSED,
-    'model.rpn.targets.num_samples': POSITIVE,
-    'model.rpn.targets.positive_fraction': UNIT_HALF_OPEN,
-    'model.roi_sampling.positive_threshold': UNIT_CLOSED,
-    'model.roi_sampling.negative_threshold': UNIT_CLOSED,
-    'model.roi_sampling.num_samples': POSITIVE,
-    'model.roi_sampling.positive_fraction': UNIT_HALF_OPEN,
-    'model.roi_align_sampling_ratio': POSITIVE,
-    'model.box_head.fc_dim': POSITIVE, 'model.box_head.vocabulary_size': NON_NEGATIVE,
-    'model.box_head.smooth_l1_beta': NON_NEGATIVE, 'model.box_head.recon_weight': NON_NEGATIVE,
-    'model.mask_head.num_convs': NON_NEGATIVE, 'model.mask_head.channels': POSITIVE,
-    'model.mask_head.roi_size': POSITIVE, 'model.mask_head.recon_weight': NON_NEGATIVE,
-    'model.mask_head.max_rois_per_image': POSITIVE, 'model.mask_head.roi_buckets': POSITIVE,
-    'model.mask_head.loss_piece_slots': NON_NEGATIVE,
-    'model.mask_head.neighbour_weight': NON_NEGATIVE,
-    'model.test.score_threshold': (0, 1, True, False), 'model.test.nms_threshold': UNIT_HALF_OPEN,
-    'model.test.max_detections': POSITIVE, 'model.test.pre_nms_topk': POSITIVE,
-    'model.test.mask_threshold': UNIT_OPEN, 'model.test.seen_calibration': (-1, 1, True, True),
-    'optim.learning_rate': POSITIVE, 'optim.momentum': (0, 1, True, False),
-    'optim.weight_decay': NON_NEGATIVE, 'optim.clip_norm': NON_NEGATIVE,
-    'optim.warmup_steps': NON_NEGATIVE, 'optim.warmup_ratio': UNIT_HALF_OPEN,
-    'optim.decay_epochs': NON_NEGATIVE, 'optim.decay_factor': UNIT_HALF_OPEN,
-    'optim.reference_batch': NON_NEGATIVE, 'optim.recon_warmup_steps': NON_NEGATIVE,
-    'num_epochs': POSITIVE, 'total_steps': NON_NEGATIVE, 'log_every': POSITIVE,
-    'checkpoint_every': POSITIVE, 'keep_checkpoints': POSITIVE, 'eval_every': NON_NEGATIVE,
-    'eval_images': NON_NEGATIVE,
-}
-INTEGERS = {'seed', 'data.image_size', 'data.scale', 'data.max_instances', 'data.mask_gt_size',
-            'data.batch_size', 'data.threads', 'data.workers', 'data.max_classes', 'model.backbone.depth',
-            'model.backbone.frozen_stages', 'model.fpn_channels', 'model.anchors.strides',
-            'model.rpn.pre_nms_topk_train', 'model.rpn.post_nms_topk_train',
-            'model.rpn.pre_nms_topk_test', 'model.rpn.post_nms_topk_test',
-            'model.rpn.targets.num_samples', 'model.roi_sampling.num_samples',
-            'model.roi_align_sampling_ratio', 'model.box_head.fc_dim',
-            'model.box_head.vocabulary_size', 'model.mask_head.num_convs',
-            'model.mask_head.channels', 'model.mask_head.roi_size',
-            'model.mask_head.max_rois_per_image', 'model.mask_head.roi_buckets',
-            'model.mask_head.loss_piece_slots', 'model.test.max_detections', 'model.test.pre_nms_topk', 'optim.warmup_steps',
-            'optim.reference_batch', 'optim.recon_warmup_steps', 'num_epochs', 'total_steps',
-            'log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_images'}
+def _kind(default) -> str:
+  """What a setting's values must be, from its default's type."""
+  if isinstance(default, bool):
+    return 'true or false'
+  if isinstance(default, int):
+    return 'an integer'
+  if isinstance(default, float):
+    return 'a number'
+  return 'a string'
 
 
-def _range_text(low, high, low_in, high_in) -> str:
-  if high is None:
-    return f'{">=" if low_in else ">"} {low}'
-  return f'in {"[" if low_in else "("}{low}, {high}{"]" if high_in else ")"}'
+def _of_kind(v, kind: str) -> bool:
+  if kind == 'true or false':
+    return isinstance(v, bool)
+  if kind == 'a string':
+    return isinstance(v, str)
+  if isinstance(v, bool):
+    return False
+  return isinstance(v, int) if kind == 'an integer' else isinstance(v, (int, float))
 
 
-def _check_number(dotted: str, value, bounds, integer: bool):
-  values = value if isinstance(value, (tuple, list)) else (value,)
-  if isinstance(value, (tuple, list)) and not values:
-    raise ConfigError(f'config.{dotted} is empty')
-  low, high, low_in, high_in = bounds
+def _check(dotted: str, value, key: Key):
+  """The value's type (from the default) and its choices or range."""
+  is_sequence = isinstance(key.default, (tuple, list))
+  if is_sequence:
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f'config.{dotted}={value!r}: must be a sequence')
+    if not value:
+      raise ConfigError(f'config.{dotted} is empty')
+  values = value if is_sequence else (value,)
+  kind = _kind(key.default[0] if is_sequence else key.default)
   for v in values:
-    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok_type:
-      kind = 'an integer' if integer else 'a number'
+    if not _of_kind(v, kind):
       raise ConfigError(f'config.{dotted}={value!r}: must be {kind}')
-    if v != v or (low is not None and (v < low or (v == low and not low_in))) or \
-       (high is not None and (v > high or (v == high and not high_in))):
-      raise ConfigError(f'config.{dotted}={value!r}: must be {_range_text(*bounds)}')
+    if isinstance(key.allowed, Range) and v not in key.allowed:
+      raise ConfigError(f'config.{dotted}={value!r}: must be {key.allowed}')
+    if isinstance(key.allowed, tuple) and v not in key.allowed:
+      raise ConfigError(f'config.{dotted}={value!r}; choose one of '
+                        f'{", ".join(map(str, key.allowed))}')
 
 
 def _walk(path: str, got: Mapping, ref: Mapping):
@@ -157,15 +96,12 @@ def _get(config, dotted: str):
 def validate(config: ml_collections.ConfigDict):
   """Raises ConfigError naming the first unknown key or invalid value."""
   _walk('', config.to_dict(), base_config().to_dict())
-  for dotted, choices in CHOICES.items():
+  for dotted, key in keys(SCHEMA):
     try:
       value = _get(config, dotted)
     except KeyError:
       raise ConfigError(f'config has no {dotted}') from None
-    if value not in choices:
-      raise ConfigError(f'config.{dotted}={value!r}; choose one of {", ".join(choices)}')
-  for dotted, bounds in RANGES.items():
-    _check_number(dotted, _get(config, dotted), bounds, dotted in INTEGERS)
+    _check(dotted, value, key)
   for key in ('image_size', 'scale'):
     if len(tuple(config.data[key])) != 2:
       raise ConfigError(f'config.data.{key}={config.data[key]!r}: must be two sizes (H, W)')
@@ -173,10 +109,6 @@ def validate(config: ml_collections.ConfigDict):
     if _get(config, f'{section}.negative_threshold') > _get(config, f'{section}.positive_threshold'):
       raise ConfigError(f'config.{section}.negative_threshold must not exceed its '
                         'positive_threshold')
-  depths = sorted(STAGE_BLOCKS)
-  if config.model.backbone.depth not in depths:
-    raise ConfigError(f'config.model.backbone.depth={config.model.backbone.depth!r}; choose one '
-                      f'of {", ".join(map(str, depths))}')
   if bool(config.data.vocabulary) != bool(config.model.box_head.vocabulary_size):
     raise ConfigError('config.data.vocabulary (the file) and config.model.box_head.'
                       'vocabulary_size (its V words) go together: set both or neither')

@@ -20,6 +20,9 @@ from zsi_jax.modeling.poolers import pool_rois
 from zsi_jax.ops import postprocess
 from zsi_jax.ops import targets
 
+# config.model.box_head.regression: one box delta for all classes, or one per seen class.
+REGRESSIONS = ('class_agnostic', 'class_specific')
+
 
 @dataclasses.dataclass(frozen=True)
 class BoxTestConfig:

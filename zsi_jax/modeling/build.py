@@ -19,7 +19,7 @@ import numpy as np
 
 from zsi_jax.modeling import buckets, cpu_kernels, layers
 from zsi_jax.modeling.ba_rpn import AnchorConfig, BackgroundAwareRPN, ProposalConfig
-from zsi_jax.modeling.box_head import BoxTestConfig, SemanticBoxHead
+from zsi_jax.modeling.box_head import REGRESSIONS, BoxTestConfig, SemanticBoxHead
 from zsi_jax.modeling.fpn import FPN
 from zsi_jax.modeling.mask_head import SemanticMaskHead
 from zsi_jax.modeling.resnet import ResNet
@@ -27,6 +27,8 @@ from zsi_jax.modeling.zsi import SyncBg, ZSIModel
 from zsi_jax.ops.targets import RoiSamplingConfig, RpnTargetConfig
 
 CONV_IMPLS = ('auto', 'conv', 'winograd')
+# config.model.dtype -> computation dtype (parameters and losses stay float32).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +75,7 @@ def build_model(model: ml_collections.ConfigDict, background: Sequence[float],
     training: choose the convolution forms for training (else for inference).
     backend: 'cpu', 'gpu' or 'tpu' (default: JAX's default backend).
   """
-  dtype = jnp.bfloat16 if model.dtype == 'bfloat16' else jnp.float32
+  dtype = DTYPES[model.dtype]
   convs = conv_forms(model.conv_impl, training, backend)
   conv = dict(conv1x1=convs.conv1x1, conv3x3=convs.conv3x3, dtype=dtype)
   background = tuple(float(x) for x in np.asarray(background).reshape(-1))
@@ -96,7 +98,7 @@ def build_model(model: ml_collections.ConfigDict, background: Sequence[float],
           train_proposals=proposals('train'), test_proposals=proposals('test'), **conv),
       box_head=SemanticBoxHead(
           semantic_dim=len(background), fc_dim=box.fc_dim, use_decoder=box.use_decoder,
-          num_reg_classes=num_train_classes if box.regression == 'class_specific' else 0,
+          num_reg_classes=num_train_classes if box.regression == REGRESSIONS[1] else 0,
           vocabulary_size=box.vocabulary_size, roi_size=7,
           sampling_ratio=model.roi_align_sampling_ratio, roi_align_form=model.roi_align_form,
           sampling=RoiSamplingConfig(**model.roi_sampling), smooth_l1_beta=box.smooth_l1_beta,

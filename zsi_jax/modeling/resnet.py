@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from zsi_jax.modeling.layers import Conv1x1, Conv3x3, ModuleDef
 
+NORMS = ('frozen_bn', 'batch_norm', 'group_norm')   # see the module docstring
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                 152: (3, 8, 36, 3)}
 
@@ -34,7 +35,7 @@ def make_norm(kind: str, train: bool, dtype, name: str):
                         name=name)
   if kind == 'group_norm':
     return _GroupNorm(dtype=dtype, name=name)
-  raise ValueError(f"backbone norm must be 'frozen_bn', 'batch_norm' or 'group_norm', got {kind!r}")
+  raise ValueError(f'backbone norm must be one of {NORMS}, got {kind!r}')
 
 
 class FrozenBatchNorm(nn.Module):
@@ -148,7 +149,7 @@ class ResNet(nn.Module):
     depth: 18, 34, 50, 101 or 152.
     width: width multiplier (1.0 = 64 stem channels); small values give tiny
       CPU models.
-    norm: 'frozen_bn', 'batch_norm' or 'group_norm'.
+    norm: one of ``NORMS``.
     frozen_stages: 0 none; 1 stem + stage 1; up to 4.
     conv1x1, conv3x3: the 1x1 and the stride-1 3x3 convolution layers
       (``layers.Conv1x1``/``Conv3x3`` with a chosen computation); the stem
