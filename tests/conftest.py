@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
   base = tmp_path_factory.mktemp('tiny')
   data = tiny_shapes(base / 'data')
   workdir = str(base / 'run')
-  r = run_script(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+  r = run_script(['train.py', '--config', 'tests/tiny_config.py', '--workdir', workdir,
                   f'--config.data.root={data}', '--config.total_steps=3',
                   '--config.checkpoint_every=3', '--config.eval_every=3',
                   '--config.eval_images=2'])

@@ -2,7 +2,8 @@
 of every numeric setting, all named by their dotted key."""
 import pytest
 
-from configs import coco_48_17, coco_65_15, shapes, tiny
+from configs import coco_48_17, coco_65_15, shapes
+from tests import tiny_config as tiny
 from zsi_jax.config_check import ConfigError, validate
 
 

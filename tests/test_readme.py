@@ -3,7 +3,7 @@
 Blocks run in README order in one scratch folder holding ``runs/shapes`` (a
 copy of the tiny workdir), ``data/generated/zsi_shapes`` (its dataset) and
 ``image.png``. Shell commands run with the repository's scripts and
-``configs/tiny.py`` in place of ``configs/shapes.py``; bracketed optional
+``tests/tiny_config.py`` in place of ``configs/shapes.py``; bracketed optional
 arguments are dropped and placeholders (DIR_OR_IMAGE, OUT) filled in. Python
 blocks run as they are. A block that cannot run here (COCO data, a bucket, a
 TPU slice, a 9-minute job) is preceded by ``<!-- not run: REASON -->``; a
@@ -58,7 +58,7 @@ def as_run_here(command, data):
   assert words[0] == 'python' and words[1].endswith('.py'), f'not a python command: {command}'
   words = [sys.executable, os.path.join(ROOT, words[1])] + words[2:]
   fill = {'DIR_OR_IMAGE': 'image.png', 'OUT': 'out', 'configs/shapes.py':
-          os.path.join(ROOT, 'configs', 'tiny.py')}
+          os.path.join(ROOT, 'tests', 'tiny_config.py')}
   words = [fill.get(w, w) for w in words]
   if words[1].endswith('train.py'):
     words += [f'--config.data.root={data}', '--config.total_steps=3']

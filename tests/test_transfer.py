@@ -5,7 +5,7 @@ transfer comes from the semantics, not from the detector)."""
 import jax
 import pytest
 
-from configs import tiny
+from tests import tiny_config as tiny
 from zsi_jax.data import datasets, shapes
 from zsi_jax.evaluation import runner
 from zsi_jax.training import loop

@@ -157,7 +157,7 @@ def rehearse(bucket: str) -> dict:
     facts['make_tfds'] = r.stdout[-2000:] + r.stderr[-2000:]
     return dict(checks=checks, facts=facts, seconds=time.time() - t0)
 
-  train = ['train.py', '--config', 'configs/tiny.py', f'--config.data.root={data}',
+  train = ['train.py', '--config', 'tests/tiny_config.py', f'--config.data.root={data}',
            '--config.data.pipeline=grain', f'--config.data.tfds_dir={tfds_dir}',
            '--config.data.workers=1', '--config.data.batch_size=4',
            f'--config.total_steps={STEPS}', f'--config.checkpoint_every={CHECKPOINT_EVERY}',

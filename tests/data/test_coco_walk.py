@@ -6,7 +6,7 @@ the data paths, batch size, step count and checkpoint/log intervals
 overridden), killed after a checkpoint and resumed by the same command;
 eval.py --split zsi,gzsi; predict.py on one's own images. Then the custom-split
 walk (make_word_vectors.py from a word2vec-format file, --split my_split.json
---vectors), trained with configs/tiny.py so that the R101 recipe is compiled
+--vectors), trained with tests/tiny_config.py so that the R101 recipe is compiled
 once in this module.
 
 Every command is a subprocess, as a user types it (about 7 minutes on 2 cores).
@@ -323,7 +323,7 @@ def test_custom_split_walk(coco, env, tmp_path):
   run('make_tfds my_split', hinted_command(build[0]), env)
   workdir = str(tmp_path / 'run')
   run('train.py tiny on my_split',
-      ['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+      ['train.py', '--config', 'tests/tiny_config.py', '--workdir', workdir,
        f'--config.data.root={data}', '--config.data.pipeline=grain',
        f'--config.data.tfds_dir={data}_tfds', '--config.total_steps=2'], env)
   assert [r['step'] for r in metrics_of(workdir)] == [1, 2]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import tiny
+from tests import tiny_config as tiny
 from zsi_jax.data import datasets, shapes, tfds_coco
 from zsi_jax.data.loaders import split_loader
 from zsi_jax.training import loop

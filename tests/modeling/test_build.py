@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import coco_65_15, shapes, tiny
+from configs import coco_65_15, shapes
+from tests import tiny_config as tiny
 from zsi_jax.modeling import cpu_kernels, layers
 from zsi_jax.modeling.build import build_model, conv_forms
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from tests import tiny_config as tiny
 from zsi_jax.modeling import losses
 from zsi_jax.modeling.build import build_model
 

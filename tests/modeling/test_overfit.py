@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from tests import tiny_config as tiny
 from zsi_jax.data import input_pipeline as ip
 from zsi_jax.data import shapes
 from zsi_jax.modeling.build import build_model, init_variables

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
+from tests import tiny_config as tiny
 from tests.modeling.test_zsi import make_batch
 from zsi_jax.modeling.build import build_model, init_variables
 from zsi_jax.modeling.zsi import ZSIModel

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from tests import tiny_config as tiny
 from zsi_jax.modeling.build import build_model, init_variables
 from zsi_jax.modeling.zsi import ZSIModel
 from zsi_jax.ops import targets

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from tests import tiny_config as tiny
 from zsi_jax.modeling.build import build_model, init_variables
 from zsi_jax.modeling.class_space import class_matrix, project_through_seen
 from zsi_jax.modeling.zsi import ZSIModel

@@ -11,7 +11,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from configs import tiny  # noqa: E402
+from tests import tiny_config as tiny  # noqa: E402
 from zsi_jax.data import datasets  # noqa: E402
 from zsi_jax.training import loop  # noqa: E402
 

@@ -42,7 +42,7 @@ def bucket_run(gcs, tmp_path_factory):
   def cmd(script, workdir, epochs, *extra):
     # 8 images, batch 2: 4 steps per epoch, a checkpoint every 4 steps.
     return [sys.executable, os.path.join(ROOT, script), '--config',
-            os.path.join(ROOT, 'configs/tiny.py'), '--workdir', workdir,
+            os.path.join(ROOT, 'tests/tiny_config.py'), '--workdir', workdir,
             f'--config.data.root={data}', f'--config.num_epochs={epochs}',
             '--config.checkpoint_every=4', '--config.keep_checkpoints=10'] + list(extra)
 
@@ -160,7 +160,7 @@ def test_second_run_on_a_held_workdir_fails_naming_the_holder(gcs, tmp_path):
                                             min_radius=8, max_radius=14, vector_dim=16),
                   log=lambda *_: None)
   env = dict(os.environ, **gcs.env, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  r = subprocess.run([sys.executable, 'train.py', '--config', 'configs/tiny.py', '--workdir',
+  r = subprocess.run([sys.executable, 'train.py', '--config', 'tests/tiny_config.py', '--workdir',
                       workdir, f'--config.data.root={data}'], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=300)
   errors = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
@@ -179,7 +179,7 @@ def test_bad_workdir_is_one_line_naming_it_before_compiling(gcs, tmp_path, case)
   if case == 'unreachable':
     from tools.gcs_emulator import free_port
     env.update(STORAGE_EMULATOR_HOST=f'http://127.0.0.1:{free_port()}', ZSI_STORAGE_TIMEOUT='5')
-  r = subprocess.run([sys.executable, 'train.py', '--config', 'configs/tiny.py', '--workdir',
+  r = subprocess.run([sys.executable, 'train.py', '--config', 'tests/tiny_config.py', '--workdir',
                       workdir], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   errors = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
   assert r.returncode == 1 and len(errors) == 1, r.stderr[-2000:]

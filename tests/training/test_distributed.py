@@ -88,7 +88,7 @@ def test_four_devices_match_one_device(data_root, tmp_path):
 def _train_cmd(data_root, workdir, epochs, *extra):
   # 8 images, batch 2: 4 steps per epoch, a checkpoint every 4 steps. The
   # schedule depends on steps_per_epoch only, so runs of any length share it.
-  return ['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+  return ['train.py', '--config', 'tests/tiny_config.py', '--workdir', workdir,
           f'--config.data.root={data_root}', f'--config.num_epochs={epochs}',
           '--config.checkpoint_every=4', '--config.keep_checkpoints=10'] + list(extra)
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
+from tests import tiny_config as tiny
 from tests.modeling.test_zsi import make_batch
 from zsi_jax import checkpoint as ckpt_lib
 from zsi_jax.training.loop import NonFiniteLossError, train

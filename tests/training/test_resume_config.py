@@ -18,7 +18,7 @@ def _copy(trained, tmp_path):
 
 
 def _train(data, workdir, *overrides):
-  return run_script(['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+  return run_script(['train.py', '--config', 'tests/tiny_config.py', '--workdir', workdir,
                      f'--config.data.root={data}', '--config.checkpoint_every=3',
                      '--config.eval_every=3', '--config.eval_images=2', *overrides], check=False)
 

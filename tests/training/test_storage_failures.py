@@ -34,7 +34,7 @@ def _train(workdir, data, limit_bytes=None):
       signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
       resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
   return subprocess.run(
-      [sys.executable, 'train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+      [sys.executable, 'train.py', '--config', 'tests/tiny_config.py', '--workdir', workdir,
        f'--config.data.root={data}', '--config.total_steps=3', '--config.checkpoint_every=3'],
       cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True, preexec_fn=pre, timeout=600)
 

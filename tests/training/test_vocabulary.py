@@ -30,7 +30,7 @@ def test_training_with_a_vocabulary_keeps_it_in_the_checkpoint(trained, tmp_path
   data, _ = trained
   root, v = _vocabulary(data, tmp_path)
   workdir = str(tmp_path / 'run')
-  train = ['train.py', '--config', 'configs/tiny.py', '--workdir', workdir,
+  train = ['train.py', '--config', 'tests/tiny_config.py', '--workdir', workdir,
            f'--config.data.root={root}', '--config.total_steps=2', '--config.checkpoint_every=2',
            '--config.data.vocabulary=vocabulary.txt']
   r = run_script(train, check=False)   # the size is missing
