@@ -52,8 +52,8 @@ def run(config, workdir, hooks=()):
   import jax
   if jax.process_index() == 0:  # what inference needs of the dataset travels with the workdir
     datasets.write_class_space(workdir, info)
-  loader, data = loop.training_data(config, info)
-  return loop.train(config, workdir, data, loader.train_iterator, loader.steps_per_epoch,
+  loader, classes = loop.training_data(config, info)
+  return loop.train(config, workdir, classes, loader.train_iterator, loader.steps_per_epoch,
                     total_steps=config.total_steps or None,
                     eval_fn=make_eval_fn(config, info) if config.eval_every else None,
                     hooks=hooks, data_order=loader.describe())

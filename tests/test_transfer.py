@@ -32,9 +32,9 @@ def _config(root, vectors):
 def _train_and_score(root, vectors, workdir):
   c = _config(root, vectors)
   info = datasets.load_dataset(root, vectors)
-  loader, data = loop.training_data(c, info)
+  loader, classes = loop.training_data(c, info)
   c.num_epochs = 1
-  state = loop.train(c, workdir, data, loader.train_iterator, STEPS / c.num_epochs,
+  state = loop.train(c, workdir, classes, loader.train_iterator, STEPS / c.num_epochs,
                      total_steps=STEPS)
   variables = {'params': state.params, **state.model_state}
   m = runner.evaluate_variables(c, jax.device_get(variables), info, 'zsi', STEPS,

@@ -27,8 +27,8 @@ def main(root, workdir, steps):
   c.model.mask_head.roi_buckets = 2
   c.checkpoint_every = 1000
   info = datasets.load_dataset(root)
-  loader, data = loop.training_data(c, info)
-  state = loop.train(c, workdir, data, loader.train_iterator, loader.steps_per_epoch,
+  loader, classes = loop.training_data(c, info)
+  state = loop.train(c, workdir, classes, loader.train_iterator, loader.steps_per_epoch,
                      total_steps=steps)
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
   np.savez(os.path.join(workdir, 'params.npz'),

@@ -10,7 +10,7 @@ import pytest
 from tests import tiny_config as tiny
 from tests.modeling.test_zsi import make_batch
 from zsi_jax import checkpoint as ckpt_lib
-from zsi_jax.training.loop import NonFiniteLossError, train
+from zsi_jax.training.loop import NonFiniteLossError, TrainingClasses, train
 
 D = 16
 
@@ -19,7 +19,7 @@ def _data():
   rng = np.random.default_rng(0)
   vecs = rng.normal(size=(3, D)).astype(np.float32)
   vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-  return dict(class_vectors=vecs, background=vecs.mean(0), image_size=(64, 64))
+  return TrainingClasses(vecs, vecs.mean(0), (64, 64))
 
 
 BATCHES = [make_batch(np.random.default_rng(i)) for i in range(3)]

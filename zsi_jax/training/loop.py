@@ -4,6 +4,7 @@ Reads top to bottom; ``train.py`` is a thin absl wrapper around :func:`train`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
@@ -34,29 +35,45 @@ class NonFiniteLossError(RuntimeError):
   """Raised when a step produces a NaN/inf loss or gradient."""
 
 
-def training_data(config: ml_collections.ConfigDict, info) -> Tuple[Any, Dict[str, Any]]:
-  """The seen-class training loader and the ``data`` dict of :func:`train` for a dataset.
+@dataclasses.dataclass(frozen=True)
+class TrainingClasses:
+  """What the model is built from besides the config.
+
+  Attributes:
+    class_vectors: [K, D] the training (seen) classes' word vectors.
+    background: [D] the background word vector (``v_b``'s start).
+    image_size: (H, W) of the padded canvas.
+    vocabulary: [V, D] the box head's fixed vocabulary, or None.
+  """
+  class_vectors: np.ndarray
+  background: np.ndarray
+  image_size: Tuple[int, int]
+  vocabulary: Optional[np.ndarray] = None
+
+
+def training_data(config: ml_collections.ConfigDict, info) -> Tuple[Any, TrainingClasses]:
+  """The seen-class training loader and the classes of :func:`train` for a dataset.
 
   Args:
     config: experiment config (``data.*``, ``seed``).
     info: ``datasets.DatasetInfo`` of the dataset.
   Returns:
-    (loader, data): pass ``loader.train_iterator``, ``loader.steps_per_epoch``
-    and ``loader.plan`` with ``data`` to :func:`train`.
+    (loader, classes): pass ``loader.train_iterator``, ``loader.steps_per_epoch``
+    and ``loader.plan`` with ``classes`` to :func:`train`.
   """
   from zsi_jax.data.loaders import split_loader
   loader = split_loader(config, info, 'train', info.cat_ids(info.seen), train=True)
-  data = dict(class_vectors=info.vectors_of(info.seen), background=info.background,
-              image_size=tuple(config.data.image_size))
+  vocabulary = None
   if config.data.vocabulary:
-    data['vocabulary'] = datasets.read_vocabulary_file(
+    vocabulary = datasets.read_vocabulary_file(
         storage.join(info.root, config.data.vocabulary),
         config.model.box_head.vocabulary_size, int(info.vectors.shape[1]))
-  return loader, data
+  return loader, TrainingClasses(info.vectors_of(info.seen), info.background,
+                                 tuple(config.data.image_size), vocabulary)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          data: Dict[str, Any],
+          classes: TrainingClasses,
           make_iterator: Callable[[int], Iterator[Dict[str, np.ndarray]]],
           steps_per_epoch: int,
           total_steps: Optional[int] = None,
@@ -76,9 +93,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       (a local folder or a bucket URL).
     eval_fn: called by every process (evaluation is distributed); its scalars
       are logged by process 0.
-    data: dict with ``class_vectors`` [K, D] (training classes), ``background``
-      [D], ``image_size`` (H, W) and, for a box head with a fixed vocabulary,
-      ``vocabulary`` [V, D].
+    classes: the training classes, background vector, canvas and vocabulary.
     make_iterator: ``start_step -> iterator`` of this process's local batches
       (dicts of NumPy arrays), positioned at ``start_step``.
     steps_per_epoch: optimizer steps per epoch.
@@ -96,7 +111,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with workdir_lock.hold(workdir), preemption.StopSignals() as signals:
     if check_resume(config, workdir, total_steps):
       return None
-    return _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, eval_fn,
+    return _train(config, workdir, classes, make_iterator, steps_per_epoch, total_steps, eval_fn,
                   hooks, data_order, signals)
 
 
@@ -129,16 +144,15 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str, total_steps: i
   return False
 
 
-def _train(config, workdir, data, make_iterator, steps_per_epoch, total_steps, eval_fn, hooks,
+def _train(config, workdir, classes: TrainingClasses, make_iterator, steps_per_epoch, total_steps, eval_fn, hooks,
            data_order, signals: preemption.StopSignals) -> TrainState:
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.data.batch_size, mesh)
-  class_vectors, class_valid = pad_class_vectors(data['class_vectors'],
-                                                 config.data.max_classes
-                                                 or len(data['class_vectors']))
-  run = build_training(config, data['background'], len(data['class_vectors']),
-                       data['image_size'], steps_per_epoch, total_steps,
-                       vocabulary=data.get('vocabulary'))
+  seen = len(classes.class_vectors)
+  class_vectors, class_valid = pad_class_vectors(classes.class_vectors,
+                                                 config.data.max_classes or seen)
+  run = build_training(config, classes.background, seen, classes.image_size, steps_per_epoch,
+                       total_steps, vocabulary=classes.vocabulary)
   repl = mesh_lib.replicated(mesh)
   state = jax.device_put(run.state, repl)
 
