@@ -22,15 +22,14 @@ def get_config():
   m.rpn.pre_nms_topk_test = 300
   m.rpn.post_nms_topk_test = 300
   m.roi_sampling.num_samples = 64
-  # The mask head dominates the CPU step time (4 convs + E/D at 28x28 per RoI):
-  # 8 RoIs per image and 32 channels take a step from 1.9 s to 0.3 s.
+  # Few mask RoIs and narrow convs: the mask head (4 convs + E/D at 28x28 per
+  # RoI) would otherwise dominate a CPU step, and 12-60 px shapes need no more.
   m.mask_head.max_rois_per_image = 8
   m.mask_head.channels = 32
   m.box_head.fc_dim = 256
-  # The gather form, with which this config's published results were trained
-  # (docs/RESULTS.md). The per-tap form computes the same function to float
-  # rounding, but 1000 steps from scratch amplify rounding into another
-  # trajectory (docs/PERFORMANCE.md has what that did to the results).
+  # The form docs/RESULTS.md was trained with: per-tap computes the same
+  # function only to float rounding, which 1000 steps from scratch amplify
+  # into another trajectory, so the published numbers need this one.
   m.roi_align_form = 'gather'
   c.optim.learning_rate = 0.02
   c.optim.warmup_steps = 100
