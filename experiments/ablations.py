@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ from zsi_jax.data import shapes  # noqa: E402
 
 NO_DECODERS = ('model.box_head.use_decoder=False', 'model.mask_head.use_decoder=False')
 PLAIN_RPN = ('model.rpn.semantic=False', 'model.sync_bg.det=False', 'model.sync_bg.mask=False')
+INSTANCE = ('model.mask_head.instance_logit=True',)
+NEIGHBOUR = ('model.mask_head.neighbour_weight=3.0',)
 BA_RPN_NO_SYNC = ('model.rpn.semantic=True', 'model.sync_bg.det=False',
                   'model.sync_bg.mask=False')
 
@@ -59,6 +62,12 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
                   'direct'),
     'mask_gt28': (('data.mask_gt_size=28',), 'direct'),
     'mask_recon01': (('model.mask_head.recon_weight=0.1',), 'direct'),
+    # Issue 35: masks of touching objects. The default config retrained with the
+    # touching / apart metrics, the candidates, and the one-hot control.
+    'touch_base': ((), 'direct'),
+    'touch_instance': (INSTANCE, 'direct'),
+    'touch_neighbour': (NEIGHBOUR, 'direct'),
+    'touch_both': (INSTANCE + NEIGHBOUR, 'direct'),
 }
 # (preset, variant) whose GZSI is also swept over seen-score calibrations
 # (eval.py --calibration_sweep N), and N. A sweep costs about 9 minutes per
@@ -93,9 +102,10 @@ GROUPS = {
     'scoring': ['full_ref', 'full_projected'],
     'gradients': ['full_ref', 'sync_no_grad'],
     'masks': ['full', 'mask_rois16', 'mask_wide', 'mask_gt28', 'mask_recon01'],
+    'touching': ['touch_base', 'touch_instance', 'touch_neighbour', 'touch_both'],
 }
 # Variants trained like the main result (--steps); the others at --ablation_steps.
-MAIN_LENGTH = set(GROUPS['main'] + GROUPS['masks'])
+MAIN_LENGTH = set(GROUPS['main'] + GROUPS['masks'] + GROUPS['touching'])
 
 
 # name -> (data root, subfolder of --runs and of docs/results). The default
@@ -245,6 +255,19 @@ def mask_gap_row(m: Dict[str, dict]) -> List[float]:
     for iou in ('0.5', '0.6'):
       out += [m[setting]['box'][f'recall@100_iou{iou}'], m[setting]['mask'][f'recall@100_iou{iou}']]
   return out + [m['zsi']['mask']['map@0.5']]
+
+
+def touching_row(m: Dict[str, dict], setting: str) -> List[float]:
+  """Unseen box and mask recall at IoU 0.5 of the touching objects, of the apart
+  ones and of all, then unseen mask mAP (fractions); ``setting`` 'zsi' or 'gzsi'."""
+  c, r = m[setting]['contact'], m[setting]
+  u = '' if setting == 'zsi' else 'unseen_'
+  overall = ((r['box']['recall@100_iou0.5'], r['mask']['recall@100_iou0.5'], r['mask']['map@0.5'])
+             if setting == 'zsi' else (r['box']['unseen_recall@100'],
+                                       r['mask']['unseen_recall@100'], r['mask']['unseen_map@0.5']))
+  return [c['box']['touching'][f'{u}recall@100'], c['mask']['touching'][f'{u}recall@100'],
+          c['box']['apart'][f'{u}recall@100'], c['mask']['apart'][f'{u}recall@100'],
+          overall[0], overall[1], overall[2]]
 
 
 def _at_gamma_zero(curve: dict, key: str) -> float:
@@ -478,6 +501,22 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
         '| GZSI box R@0.5 | GZSI mask R@0.5 | GZSI box R@0.6 | GZSI mask R@0.6 | ZSI mask mAP '
         '| paper | ZSI mask R@0.5 vs default |',
         f'Each row is the main model ({steps} steps) with one mask-head setting changed.')
+  touch_labels = {'touch_base': 'default (the paper\'s head)',
+                  'touch_instance': '+ instance logit',
+                  'touch_neighbour': '+ neighbour pixels weighted 3',
+                  'touch_both': '+ instance logit + neighbour weight 3'}
+  counts = next((m['zsi']['contact']['mask'] for m in runs('touch_base')), None)
+  objects = (f" ZSI test objects: {counts['touching']['objects']} touching another annotated "
+             f"object, {counts['apart']['objects']} apart." if counts else '')
+  for setting, title in (('zsi', 'ZSI'), ('gzsi', 'GZSI, unseen classes')):
+    table(f'Masks of touching objects: {title}', GROUPS['touching'], touch_labels,
+          functools.partial(touching_row, setting=setting), {}, 1,
+          '| mask head | touching box R | touching mask R | apart box R | apart mask R '
+          '| all box R | all mask R | mask mAP | paper | touching mask R vs default |',
+          f'Recall@100 and mAP at IoU 0.5 of the unseen classes ({steps} steps). An object is '
+          'touching when another annotated object of its image (any class) lies within one '
+          'pixel of its mask; each group is scored with the other group\'s objects ignored '
+          '(`eval.py`\'s contact table).' + objects)
   return L
 
 
