@@ -159,7 +159,10 @@ def _model() -> Dict[str, Any]:
                       'unseen scores: against the unseen vectors, or projected through the '
                       'seen ones'),
           seen_calibration=Key(0.0, Range(-1, 1),
-                               'GZSI calibrated stacking: seen scores lowered by this much')),
+                               'GZSI calibrated stacking: seen scores lowered by this much'),
+          exclusive_masks=Key(False, None,
+                              'a pixel claimed by the masks of two objects (box IoU below '
+                              'nms_threshold) stays with the more probable one')),
   )
 
 

@@ -107,3 +107,61 @@ def test_neighbour_weight_scales_only_the_pixels_on_another_object():
   alone['gt_masks'][0] = 0
   alone['gt_classes'][0] = -1
   assert _mask_bce(4.0, alone) == pytest.approx(_mask_bce(1.0, alone), rel=1e-6)
+
+
+def _sample_numpy(mask, box, x, y):
+  """Bilinear value of a box-framed mask [m, m] at image point (x, y); 0 outside."""
+  m = mask.shape[0]
+  u = (x - box[0]) / max(box[2] - box[0], 1e-6) * m - 0.5
+  v = (y - box[1]) / max(box[3] - box[1], 1e-6) * m - 0.5
+  value = 0.0
+  for vi, wv in ((np.floor(v), 1 - (v - np.floor(v))), (np.floor(v) + 1, v - np.floor(v))):
+    for ui, wu in ((np.floor(u), 1 - (u - np.floor(u))), (np.floor(u) + 1, u - np.floor(u))):
+      if 0 <= ui < m and 0 <= vi < m:
+        value += wu * wv * mask[int(vi), int(ui)]
+  return value
+
+
+def test_exclusive_masks_equal_a_pixel_loop():
+  from zsi_jax.ops import boxes as box_ops
+  from zsi_jax.ops.postprocess import exclusive_masks
+  rng = np.random.default_rng(3)
+  n, m = 6, 8
+  xy = rng.uniform(0, 30, (n, 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(10, 25, (n, 2))], 1).astype(np.float32)
+  boxes[1] = boxes[0] + 0.5                 # a duplicate of detection 0: the same object
+  masks = rng.random((n, m, m)).astype(np.float32)
+  valid = np.array([True] * (n - 1) + [False])
+  got = np.asarray(jax.jit(exclusive_masks)(masks, boxes, valid))
+  iou = np.asarray(box_ops.box_iou(boxes, boxes))
+  want = masks.copy()
+  for i in range(n):
+    for r in range(m):
+      for c in range(m):
+        x = boxes[i, 0] + (c + 0.5) / m * (boxes[i, 2] - boxes[i, 0])
+        y = boxes[i, 1] + (r + 0.5) / m * (boxes[i, 3] - boxes[i, 1])
+        rivals = [j for j in range(n) if j != i and valid[i] and valid[j] and iou[i, j] < 0.5]
+        best = max([_sample_numpy(masks[j], boxes[j], x, y) for j in rivals], default=0.0)
+        if masks[i, r, c] < best:
+          want[i, r, c] = 0.0
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert (want == 0).sum() > 0
+  # Only the first two may claim pixels: detections 2..4 keep what they lose only to each other.
+  top2 = np.asarray(exclusive_masks(masks, boxes, valid, rivals=2))
+  assert (top2 >= got - 1e-6).all() and (top2 > got).any()
+
+
+def test_touching_objects_each_keep_their_own_pixels():
+  from zsi_jax.ops.postprocess import exclusive_masks
+  # Object A covers x in [0, 15), B [15, 30); the boxes are too wide, and each
+  # mask (columns of 5 px) spills over the other object with less probability.
+  boxes = np.array([[0, 0, 20, 10], [10, 0, 30, 10]], np.float32)
+  masks = np.zeros((2, 4, 4), np.float32)
+  masks[0] = np.array([0.9, 0.9, 0.9, 0.6])[None]         # A's box: x 0-5, 5-10, 10-15, 15-20
+  masks[1] = np.array([0.3, 0.9, 0.9, 0.9])[None]         # B's box: x 10-15, 15-20, 20-25, 25-30
+  out = np.asarray(exclusive_masks(masks, boxes, np.array([True, True])))
+  np.testing.assert_array_equal(out[0], np.broadcast_to(np.float32([0.9, 0.9, 0.9, 0.0]), (4, 4)))
+  np.testing.assert_array_equal(out[1], np.broadcast_to(np.float32([0.0, 0.9, 0.9, 0.9]), (4, 4)))
+  # The same boxes taken for one object (IoU 1/3 at or above the threshold): unchanged.
+  same = np.asarray(exclusive_masks(masks, boxes, np.array([True, True]), same_object_iou=0.3))
+  np.testing.assert_array_equal(same, masks)

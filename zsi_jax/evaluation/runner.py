@@ -254,13 +254,16 @@ class _Split:
 
     A detection is a proposal (``roi_index``) and a class; its box and mask do
     not depend on gamma, only its score does, so each pair's box, mask paste
-    and RLE are computed once for all gammas.
+    and RLE are computed once for all gammas. Exclusive masks depend on the
+    other detections, so then each gamma's are its own.
     """
-    done = {}                                  # (roi, class) -> result without score
+    done = {}                                  # (roi, class[, gamma]) -> result without score
     out = []
-    for det in per_gamma:
+    exclusive = self.config.model.test.exclusive_masks
+    for g, det in enumerate(per_gamma):
       valid = np.asarray(det['valid'], bool)
-      keys = list(zip(det['roi_index'][valid].tolist(), det['classes'][valid].tolist()))
+      keys = [key + ((g,) if exclusive else ()) for key in
+              zip(det['roi_index'][valid].tolist(), det['classes'][valid].tolist())]
       new = np.asarray([key not in done for key in keys], bool)
       if new.any():
         subset = {k: np.asarray(v)[valid][new] for k, v in det.items()}

@@ -11,6 +11,7 @@ tells the story (``modeling/build.py`` assembles the stages from a config).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Dict, Optional
 
 import flax.linen as nn
@@ -21,6 +22,7 @@ from zsi_jax.modeling.ba_rpn import BackgroundAwareRPN
 from zsi_jax.modeling.box_head import SemanticBoxHead
 from zsi_jax.modeling.class_space import ClassSpace
 from zsi_jax.modeling.mask_head import SemanticMaskHead
+from zsi_jax.ops import postprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,8 @@ class ZSIModel(nn.Module):
     vocabulary_size: V > 0 when the box head routes through a fixed vocabulary
       (held here as the constant collection ``vocabulary``, saved with the
       checkpoint and never trained).
+    exclusive_masks: at inference, a pixel claimed by masks of two different
+      objects stays with the more probable one (``postprocess.exclusive_masks``).
   """
   backbone: nn.Module
   fpn: nn.Module
@@ -54,6 +58,7 @@ class ZSIModel(nn.Module):
   mask_head: SemanticMaskHead
   sync_bg: SyncBg
   vocabulary_size: int
+  exclusive_masks: bool = False
 
   def setup(self):
     if self.vocabulary_size:
@@ -166,6 +171,10 @@ class ZSIModel(nn.Module):
                                space('det').calibrate(candidates['scores'], seen_calibration),
                                candidates['deltas'], input_hw)
     masks = self.mask_head.inference(candidates['features'], det, space('mask'), scoring)
+    if self.exclusive_masks:
+      masks = jax.vmap(functools.partial(
+          postprocess.exclusive_masks, same_object_iou=self.box_head.test.nms_threshold))(
+              masks, det['boxes'], det['valid'])
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'], masks=masks,
                 valid=det['valid'], roi_index=det['roi_index'])
 

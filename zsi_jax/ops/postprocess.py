@@ -7,6 +7,7 @@ import numpy as np
 
 from zsi_jax.ops import boxes as box_ops
 from zsi_jax.ops.nms import batched_nms_padded
+from zsi_jax.ops.targets import resample_box_masks
 
 
 def postprocess_detections(rois, roi_valid, class_scores, box_deltas, image_hw,
@@ -207,3 +208,37 @@ def paste_masks_padded(masks, boxes, valid, image_hw, out_hw, threshold: float =
   ok = valid.astype(bool) & (bw[:, 0] > 0) & (bh[:, 0] > 0)
   keep = ok[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
   return keep & (vals >= threshold)
+
+
+def exclusive_masks(masks, boxes, valid, same_object_iou: float = 0.5, rivals: int = 0):
+  """Mask probabilities with the pixels another object claims more strongly set to 0.
+
+  Two detections whose boxes overlap by less than ``same_object_iou`` are
+  taken for different objects; where their masks overlap, each pixel stays
+  with the one whose mask is more probable there, as if each pixel belonged
+  to one instance. Detections of one object under several classes (box IoU at
+  or above it) do not compete.
+
+  Args:
+    masks: [N, m, m] probabilities, each in its own box's frame.
+    boxes: [N, 4] float32; valid: [N] bool.
+    same_object_iou: static float.
+    rivals: static int; > 0: only the first ``rivals`` detections (the
+      highest-scoring, in ``select``'s order) can claim pixels; 0: all.
+  Returns:
+    [N, m, m] float32.
+  """
+  n, m = masks.shape[0], masks.shape[-1]
+  masks = masks.astype(jnp.float32)
+  k = min(rivals or n, n)
+  iou = box_ops.box_iou(boxes, boxes[:k])                                 # [N, k]
+  rival = valid[:, None] & valid[None, :k] & (iou < same_object_iou)
+  rival = rival & (jnp.arange(n)[:, None] != jnp.arange(k)[None, :])
+
+  def strongest_so_far(best, j):
+    # Detection j's mask in every detection's frame.
+    other = resample_box_masks(masks, boxes, boxes, jnp.full((n,), j, jnp.int32), m)
+    return jnp.maximum(best, jnp.where(rival[:, j, None, None], other, 0.0)), None
+
+  best, _ = jax.lax.scan(strongest_so_far, jnp.zeros_like(masks), jnp.arange(k))
+  return jnp.where(masks >= best, masks, 0.0)

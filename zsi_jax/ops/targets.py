@@ -140,13 +140,8 @@ def sample_rois(key, proposals, proposal_valid, gt_boxes, gt_classes, gt_valid, 
 
 
 def mask_targets(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
-  """Resamples box-cropped gt masks into each RoI's frame.
-
-  Each RoI is split into ``output_size`` x ``output_size`` bins; the bin centre
-  is mapped into the matched gt box's ``M x M`` mask (pixel ``i`` covers
-  ``[i, i+1)``, centre ``i + 0.5``: the half-pixel convention of
-  ``roi_align(aligned=True)``), sampled bilinearly with zeros outside the gt
-  box, and binarised at 0.5.
+  """Resamples box-cropped gt masks into each RoI's frame (:func:`resample_box_masks`),
+  binarised at 0.5.
 
   Args:
     gt_masks: [G, M, M] float (0/1) masks cropped to their own box.
@@ -156,6 +151,28 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
     output_size: static int.
   Returns:
     [S, output_size, output_size] float32 in {0, 1}.
+  """
+  vals = resample_box_masks(gt_masks, gt_boxes, rois, matched_gt, output_size)
+  return (vals >= 0.5).astype(jnp.float32)
+
+
+def resample_box_masks(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
+  """Box-framed masks sampled in other boxes' frames.
+
+  Each RoI is split into ``output_size`` x ``output_size`` bins; the bin centre
+  is mapped into the matched box's ``M x M`` mask (pixel ``i`` covers
+  ``[i, i+1)``, centre ``i + 0.5``: the half-pixel convention of
+  ``roi_align(aligned=True)``) and sampled bilinearly, with zeros outside that
+  box.
+
+  Args:
+    gt_masks: [G, M, M] float masks (or probabilities), each covering its box.
+    gt_boxes: [G, 4] float32.
+    rois: [S, 4] float32.
+    matched_gt: [S] int32 index into G.
+    output_size: static int.
+  Returns:
+    [S, output_size, output_size] float32.
   """
   gt_masks = jnp.asarray(gt_masks)
   gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
@@ -189,8 +206,7 @@ def mask_targets(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
     bot = c * (1 - fu[None]) + d * fu[None]
     return top * (1 - fv[:, None]) + bot * fv[:, None]
 
-  vals = jax.vmap(sample)(masks, u, v)
-  return (vals >= 0.5).astype(jnp.float32)
+  return jax.vmap(sample)(masks, u, v)
 
 
 def neighbour_targets(gt_masks, gt_boxes, gt_valid, rois, matched_gt, output_size: int = 28):
