@@ -160,9 +160,10 @@ def _model() -> Dict[str, Any]:
                       'seen ones'),
           seen_calibration=Key(0.0, Range(-1, 1),
                                'GZSI calibrated stacking: seen scores lowered by this much'),
-          exclusive_masks=Key(False, None,
-                              'a pixel claimed by the masks of two objects (box IoU below '
-                              'nms_threshold) stays with the more probable one')),
+          exclusive_mask_score=Key(0.0, UNIT_CLOSED,
+                                   '> 0: a pixel claimed by the masks of two objects (box IoU '
+                                   'below nms_threshold), each scoring at least this, stays '
+                                   'with the more probable one; 0: off')),
   )
 
 

@@ -132,7 +132,8 @@ def test_exclusive_masks_equal_a_pixel_loop():
   boxes[1] = boxes[0] + 0.5                 # a duplicate of detection 0: the same object
   masks = rng.random((n, m, m)).astype(np.float32)
   valid = np.array([True] * (n - 1) + [False])
-  got = np.asarray(jax.jit(exclusive_masks)(masks, boxes, valid))
+  scores = np.linspace(0.9, 0.1, n).astype(np.float32)
+  got = np.asarray(jax.jit(exclusive_masks, static_argnums=4)(masks, boxes, scores, valid, 0.3))
   iou = np.asarray(box_ops.box_iou(boxes, boxes))
   want = masks.copy()
   for i in range(n):
@@ -140,14 +141,15 @@ def test_exclusive_masks_equal_a_pixel_loop():
       for c in range(m):
         x = boxes[i, 0] + (c + 0.5) / m * (boxes[i, 2] - boxes[i, 0])
         y = boxes[i, 1] + (r + 0.5) / m * (boxes[i, 3] - boxes[i, 1])
-        rivals = [j for j in range(n) if j != i and valid[i] and valid[j] and iou[i, j] < 0.5]
+        rivals = [j for j in range(n) if j != i and valid[i] and valid[j] and iou[i, j] < 0.5
+                  and scores[j] >= 0.3]
         best = max([_sample_numpy(masks[j], boxes[j], x, y) for j in rivals], default=0.0)
         if masks[i, r, c] < best:
           want[i, r, c] = 0.0
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert (want == 0).sum() > 0
   # Only the first two may claim pixels: detections 2..4 keep what they lose only to each other.
-  top2 = np.asarray(exclusive_masks(masks, boxes, valid, rivals=2))
+  top2 = np.asarray(exclusive_masks(masks, boxes, scores, valid, 0.3, rivals=2))
   assert (top2 >= got - 1e-6).all() and (top2 > got).any()
 
 
@@ -159,9 +161,10 @@ def test_touching_objects_each_keep_their_own_pixels():
   masks = np.zeros((2, 4, 4), np.float32)
   masks[0] = np.array([0.9, 0.9, 0.9, 0.6])[None]         # A's box: x 0-5, 5-10, 10-15, 15-20
   masks[1] = np.array([0.3, 0.9, 0.9, 0.9])[None]         # B's box: x 10-15, 15-20, 20-25, 25-30
-  out = np.asarray(exclusive_masks(masks, boxes, np.array([True, True])))
+  out = np.asarray(exclusive_masks(masks, boxes, np.ones(2, np.float32), np.array([True, True]), 0.5))
   np.testing.assert_array_equal(out[0], np.broadcast_to(np.float32([0.9, 0.9, 0.9, 0.0]), (4, 4)))
   np.testing.assert_array_equal(out[1], np.broadcast_to(np.float32([0.0, 0.9, 0.9, 0.9]), (4, 4)))
   # The same boxes taken for one object (IoU 1/3 at or above the threshold): unchanged.
-  same = np.asarray(exclusive_masks(masks, boxes, np.array([True, True]), same_object_iou=0.3))
+  same = np.asarray(exclusive_masks(masks, boxes, np.ones(2, np.float32), np.array([True, True]), 0.5,
+                                    same_object_iou=0.3))
   np.testing.assert_array_equal(same, masks)

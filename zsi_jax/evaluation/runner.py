@@ -259,7 +259,7 @@ class _Split:
     """
     done = {}                                  # (roi, class[, gamma]) -> result without score
     out = []
-    exclusive = self.config.model.test.exclusive_masks
+    exclusive = self.config.model.test.exclusive_mask_score > 0
     for g, det in enumerate(per_gamma):
       valid = np.asarray(det['valid'], bool)
       keys = [key + ((g,) if exclusive else ()) for key in

@@ -119,7 +119,7 @@ def build_model(model: ml_collections.ConfigDict, background: Sequence[float],
           conv3x3=convs.conv3x3, matmul=convs.matmul, dtype=dtype),
       sync_bg=SyncBg(det=model.sync_bg.det, mask=model.sync_bg.mask,
                      gradients=model.sync_bg.gradients),
-      vocabulary_size=box.vocabulary_size, exclusive_masks=model.test.exclusive_masks)
+      vocabulary_size=box.vocabulary_size, exclusive_mask_score=model.test.exclusive_mask_score)
 
 
 def init_variables(model: ZSIModel, key, image_hw, batch_size: int = 1, vocabulary=None):

@@ -48,8 +48,9 @@ class ZSIModel(nn.Module):
     vocabulary_size: V > 0 when the box head routes through a fixed vocabulary
       (held here as the constant collection ``vocabulary``, saved with the
       checkpoint and never trained).
-    exclusive_masks: at inference, a pixel claimed by masks of two different
-      objects stays with the more probable one (``postprocess.exclusive_masks``).
+    exclusive_mask_score: > 0: at inference, a pixel claimed by the masks of two
+      different objects stays with the more probable one, among detections
+      scoring at least this (``postprocess.exclusive_masks``); 0: off.
   """
   backbone: nn.Module
   fpn: nn.Module
@@ -58,7 +59,7 @@ class ZSIModel(nn.Module):
   mask_head: SemanticMaskHead
   sync_bg: SyncBg
   vocabulary_size: int
-  exclusive_masks: bool = False
+  exclusive_mask_score: float = 0.0
 
   def setup(self):
     if self.vocabulary_size:
@@ -171,10 +172,11 @@ class ZSIModel(nn.Module):
                                space('det').calibrate(candidates['scores'], seen_calibration),
                                candidates['deltas'], input_hw)
     masks = self.mask_head.inference(candidates['features'], det, space('mask'), scoring)
-    if self.exclusive_masks:
+    if self.exclusive_mask_score > 0:
       masks = jax.vmap(functools.partial(
-          postprocess.exclusive_masks, same_object_iou=self.box_head.test.nms_threshold))(
-              masks, det['boxes'], det['valid'])
+          postprocess.exclusive_masks, min_score=self.exclusive_mask_score,
+          same_object_iou=self.box_head.test.nms_threshold))(
+              masks, det['boxes'], det['scores'], det['valid'])
     return dict(boxes=det['boxes'], scores=det['scores'], classes=det['classes'], masks=masks,
                 valid=det['valid'], roi_index=det['roi_index'])
 

@@ -210,18 +210,22 @@ def paste_masks_padded(masks, boxes, valid, image_hw, out_hw, threshold: float =
   return keep & (vals >= threshold)
 
 
-def exclusive_masks(masks, boxes, valid, same_object_iou: float = 0.5, rivals: int = 0):
+def exclusive_masks(masks, boxes, scores, valid, min_score: float, same_object_iou: float = 0.5,
+                    rivals: int = 0):
   """Mask probabilities with the pixels another object claims more strongly set to 0.
 
   Two detections whose boxes overlap by less than ``same_object_iou`` are
-  taken for different objects; where their masks overlap, each pixel stays
-  with the one whose mask is more probable there, as if each pixel belonged
-  to one instance. Detections of one object under several classes (box IoU at
-  or above it) do not compete.
+  taken for different objects; where their masks overlap, a pixel stays with
+  the one whose mask is more probable there, as if each pixel belonged to one
+  instance. Only detections scoring at least ``min_score`` claim pixels (a
+  weak detection of a part of an object must not take the object's pixels),
+  and detections of one object under several classes (box IoU at or above
+  ``same_object_iou``) do not compete.
 
   Args:
     masks: [N, m, m] probabilities, each in its own box's frame.
-    boxes: [N, 4] float32; valid: [N] bool.
+    boxes: [N, 4] float32; scores: [N] float32; valid: [N] bool.
+    min_score: float.
     same_object_iou: static float.
     rivals: static int; > 0: only the first ``rivals`` detections (the
       highest-scoring, in ``select``'s order) can claim pixels; 0: all.
@@ -231,8 +235,9 @@ def exclusive_masks(masks, boxes, valid, same_object_iou: float = 0.5, rivals: i
   n, m = masks.shape[0], masks.shape[-1]
   masks = masks.astype(jnp.float32)
   k = min(rivals or n, n)
+  claims = valid[:k] & (scores[:k] >= min_score)
   iou = box_ops.box_iou(boxes, boxes[:k])                                 # [N, k]
-  rival = valid[:, None] & valid[None, :k] & (iou < same_object_iou)
+  rival = valid[:, None] & claims[None, :] & (iou < same_object_iou)
   rival = rival & (jnp.arange(n)[:, None] != jnp.arange(k)[None, :])
 
   def strongest_so_far(best, j):
