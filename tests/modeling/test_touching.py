@@ -148,6 +148,8 @@ def test_exclusive_masks_equal_a_pixel_loop():
           want[i, r, c] = 0.0
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert (want == 0).sum() > 0
+  # No detection strong enough to claim a pixel: the masks are unchanged.
+  np.testing.assert_array_equal(exclusive_masks(masks, boxes, scores * 0.1, valid, 0.3), masks)
   # Only the first two may claim pixels: detections 2..4 keep what they lose only to each other.
   top2 = np.asarray(exclusive_masks(masks, boxes, scores, valid, 0.3, rivals=2))
   assert (top2 >= got - 1e-6).all() and (top2 > got).any()
