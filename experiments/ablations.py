@@ -71,6 +71,9 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     # A test-time setting: training is touch_base's (the same checkpoint, retrained
     # deterministically when run from here).
     'touch_exclusive': (('model.test.exclusive_mask_score=0.5',), 'direct'),
+    # The control: the instance logit is class-agnostic, so it could paint unseen
+    # masks without the semantics; with one-hot vectors the transfer must vanish.
+    'touch_onehot': (('data.vectors=class_vectors_onehot.txt',) + INSTANCE, 'direct'),
 }
 # (preset, variant) whose GZSI is also swept over seen-score calibrations
 # (eval.py --calibration_sweep N), and N. A sweep costs about 9 minutes per
@@ -106,7 +109,7 @@ GROUPS = {
     'gradients': ['full_ref', 'sync_no_grad'],
     'masks': ['full', 'mask_rois16', 'mask_wide', 'mask_gt28', 'mask_recon01'],
     'touching': ['touch_base', 'touch_instance', 'touch_neighbour', 'touch_both',
-                 'touch_exclusive'],
+                 'touch_exclusive', 'touch_onehot'],
 }
 # Variants trained like the main result (--steps); the others at --ablation_steps.
 MAIN_LENGTH = set(GROUPS['main'] + GROUPS['masks'] + GROUPS['touching'])
@@ -509,7 +512,8 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
                   'touch_instance': '+ instance logit',
                   'touch_neighbour': '+ neighbour pixels weighted 3',
                   'touch_both': '+ instance logit + neighbour weight 3',
-                  'touch_exclusive': 'exclusive masks at test time (score >= 0.5)'}
+                  'touch_exclusive': 'exclusive masks at test time (score >= 0.5)',
+                  'touch_onehot': 'instance logit, one-hot class vectors (control)'}
   counts = next((m['zsi']['contact']['mask'] for m in runs('touch_base')), None)
   objects = (f" ZSI test objects: {counts['touching']['objects']} touching another annotated "
              f"object, {counts['apart']['objects']} apart." if counts else '')
