@@ -67,7 +67,6 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     'touch_base': ((), 'direct'),
     'touch_instance': (INSTANCE, 'direct'),
     'touch_neighbour': (NEIGHBOUR, 'direct'),
-    'touch_both': (INSTANCE + NEIGHBOUR, 'direct'),
     # A test-time setting: training is touch_base's (the same checkpoint, retrained
     # deterministically when run from here).
     'touch_exclusive': (('model.test.exclusive_mask_score=0.5',), 'direct'),
@@ -108,8 +107,8 @@ GROUPS = {
     'scoring': ['full_ref', 'full_projected'],
     'gradients': ['full_ref', 'sync_no_grad'],
     'masks': ['full', 'mask_rois16', 'mask_wide', 'mask_gt28', 'mask_recon01'],
-    'touching': ['touch_base', 'touch_instance', 'touch_neighbour', 'touch_both',
-                 'touch_exclusive', 'touch_onehot'],
+    'touching': ['touch_base', 'touch_instance', 'touch_neighbour', 'touch_exclusive',
+                 'touch_onehot'],
 }
 # Variants trained like the main result (--steps); the others at --ablation_steps.
 MAIN_LENGTH = set(GROUPS['main'] + GROUPS['masks'] + GROUPS['touching'])
@@ -511,7 +510,6 @@ def _preset_section(preset: str, res: Dict[str, Dict[int, Dict[str, dict]]],
   touch_labels = {'touch_base': 'default (the paper\'s head)',
                   'touch_instance': '+ instance logit',
                   'touch_neighbour': '+ neighbour pixels weighted 3',
-                  'touch_both': '+ instance logit + neighbour weight 3',
                   'touch_exclusive': 'exclusive masks at test time (score >= 0.5)',
                   'touch_onehot': 'instance logit, one-hot class vectors (control)'}
   counts = next((m['zsi']['contact']['mask'] for m in runs('touch_base')), None)
